@@ -1,0 +1,53 @@
+"""Exceptions raised by hssc_jax.
+
+Every error a user can provoke with bad input is a subclass of `HsscError`, with a message that says
+what is wrong. Bitstream problems are `BitstreamError`s; bad tensors are `InvalidInputError`s.
+"""
+
+
+class HsscError(Exception):
+  """Base class of all errors raised on purpose by hssc_jax."""
+
+
+class InvalidInputError(HsscError, ValueError):
+  """An input tensor has the wrong shape or dtype, or holds NaN/inf."""
+
+
+class ConfigError(HsscError, ValueError):
+  """A configuration is malformed, has unknown fields or inconsistent values."""
+
+
+class BitstreamError(HsscError, ValueError):
+  """A bitstream cannot be decoded."""
+
+
+class EmptyBitstreamError(BitstreamError):
+  """The bitstream holds no bytes."""
+
+
+class BadMagicError(BitstreamError):
+  """The bytes do not start with the hssc_jax container magic."""
+
+
+class UnsupportedVersionError(BitstreamError):
+  """The container format version is not one this library reads."""
+
+
+class TruncatedBitstreamError(BitstreamError):
+  """The bitstream ends before the lengths in its header say it should."""
+
+
+class CorruptBitstreamError(BitstreamError):
+  """The bitstream fails its checksum or holds values that cannot be valid."""
+
+
+class ModelMismatchError(BitstreamError):
+  """The bitstream was produced by another codec, model parameters or configuration."""
+
+
+class DeterminismError(BitstreamError):
+  """The decoder computed entropy-model indexes that differ from the encoder's."""
+
+
+class InnerCodecError(HsscError, RuntimeError):
+  """A traditional (inner) codec failed: missing binary, non-zero exit or empty output."""
