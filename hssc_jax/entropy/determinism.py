@@ -1,0 +1,75 @@
+"""Deterministic evaluation of entropy parameters, so the decoder reproduces the encoder's indexes.
+
+The range decoder only works if it selects, for every symbol, the same CDF row as the encoder. Rows
+come from entropy parameters (Gaussian scales) that a network predicts from already-decoded data, and
+a network evaluated in float32 by differently compiled code (jit or not, other XLA flags, CPU or GPU)
+can differ in the last bits, enough to move a scale across a table boundary: about one element in
+1e5 at float32 accuracy, i.e. a broken stream for a typical latent.
+
+Design: on both sides the entropy-parameter networks (hyper-synthesis, channel-context transforms) run
+through `HostFunction`, which evaluates them in float64 on the CPU backend whatever the training
+device. Their rounding error (~1e-16 relative) makes a boundary crossing about 1e9 times rarer than in
+float32, and the same host path is used by a CPU or a GPU deployment. The analysis and synthesis
+transforms stay on the accelerator in float32: they affect only what is coded, not how. As a
+guard, each bitstream stores a CRC-32 of its index arrays (`digest`); a decoder whose indexes differ
+raises DeterminismError instead of returning wrong features.
+"""
+
+import contextlib
+import zlib
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from hssc_jax import errors
+
+
+def x64() -> contextlib.AbstractContextManager:
+  """Context manager enabling float64 in JAX (jax.enable_x64 on new JAX, experimental on old)."""
+  ctx = getattr(jax, "enable_x64", None)
+  if ctx is None:
+    from jax.experimental import enable_x64 as ctx  # pylint: disable=g-import-not-at-top
+  return ctx(True)
+
+
+def _to64(x: Any) -> Any:
+  a = np.asarray(x)
+  return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
+
+
+class HostFunction:
+  """Runs `fn(*args)` in float64 on the CPU backend and returns numpy float64 outputs.
+
+  `fn` must be a pure function of its (pytree) arguments; floating inputs are cast to float64.
+  With `jit=False` the function runs op by op (used to demonstrate that differently compiled
+  decoders agree).
+  """
+
+  def __init__(self, fn: Callable[..., Any], jit: bool = True):
+    self._fn = fn
+    self._jitted = jax.jit(fn) if jit else None
+
+  def __call__(self, *args: Any) -> Any:
+    cpu = jax.devices("cpu")[0]
+    with x64():
+      args = jax.tree.map(lambda a: jax.device_put(_to64(a), cpu), args)
+      out = self._jitted(*args) if self._jitted is not None else self._fn(*args)
+      return jax.tree.map(np.asarray, out)
+
+
+def digest(*index_arrays: np.ndarray) -> int:
+  """CRC-32 of int32 index arrays, in order."""
+  crc = 0
+  for a in index_arrays:
+    crc = zlib.crc32(np.ascontiguousarray(a, np.int32).tobytes(), crc)
+  return crc
+
+
+def check_digest(expected: int, *index_arrays: np.ndarray) -> None:
+  """Raises DeterminismError when the decoder's indexes differ from the encoder's."""
+  got = digest(*index_arrays)
+  if got != expected:
+    raise errors.DeterminismError(
+        f"decoder entropy-model indexes differ from the encoder's (crc {got:08x} != "
+        f"{expected:08x}): the entropy-parameter path is not reproducible on this platform")

@@ -1,0 +1,33 @@
+"""Shared test fixtures: where the optional shared data lives, and skips when it is absent."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HSSC_SHARED", REPO.parent / "shared")).resolve()
+
+
+def shared_path(*parts: str) -> Path:
+  """Path under ../shared, or skip the calling test with a reason when it is missing."""
+  p = SHARED.joinpath(*parts)
+  if not p.exists():
+    pytest.skip(f"shared data not available: {p} (set HSSC_SHARED to its folder)")
+  return p
+
+
+@pytest.fixture
+def shared():
+  """The `shared_path` helper as a fixture."""
+  return shared_path
+
+
+@pytest.fixture(scope="session")
+def yolov5n_weights():
+  return shared_path("weights", "yolov5n-coco-v6.0.pt")
+
+
+@pytest.fixture(scope="session")
+def coco_mini():
+  return shared_path("data", "coco-mini")
