@@ -9,10 +9,13 @@ can differ in the last bits, enough to move a scale across a table boundary: abo
 Design: on both sides the entropy-parameter networks (hyper-synthesis, channel-context transforms) run
 through `HostFunction`, which evaluates them in float64 on the CPU backend whatever the training
 device. Their rounding error (~1e-16 relative) makes a boundary crossing about 1e9 times rarer than in
-float32, and the same host path is used by a CPU or a GPU deployment. The analysis and synthesis
-transforms stay on the accelerator in float32: they affect only what is coded, not how. As a
-guard, each bitstream stores a CRC-32 of its index arrays (`digest`); a decoder whose indexes differ
-raises DeterminismError instead of returning wrong features.
+float32, and the same host path is used by a CPU or a GPU deployment. Means are then rounded to
+float32 and scales mapped to table rows by integer operations on their float32 bits
+(`gaussian.scale_indexes`), so the last-ulp differences left in float64 vanish from both the
+reconstruction and the indexes except in the rare case of a value straddling a rounding boundary.
+The analysis and synthesis transforms stay on the accelerator in float32: they affect only what is
+coded, not how. As a guard, each bitstream stores a CRC-32 of its index arrays (`digest`); a decoder
+whose indexes differ raises DeterminismError instead of returning wrong features.
 """
 
 import contextlib

@@ -46,13 +46,38 @@ def encode(values: np.ndarray, indexes: np.ndarray, table: CDFTable) -> bytes:
         f"values shape {values.shape} differs from indexes shape {indexes.shape}")
   if values.size == 0:
     return b""
-  symbols = values.astype(np.int64) - table.offset[indexes]
-  if np.abs(symbols).max() >= 2**30:
-    raise errors.InvalidInputError("values too large to range-code (|symbol| >= 2**30)")
+  if values.min() < -2**30 or values.max() >= 2**30:
+    raise errors.InvalidInputError("values too large to range-code (|value| >= 2**30)")
+  return encode_symbols(values.astype(np.int32, copy=False) - table.offset[indexes], indexes, table)
+
+
+def encode_symbols(symbols: np.ndarray, indexes: np.ndarray, table: CDFTable) -> bytes:
+  """Range-codes int32 `symbols` (values minus row offsets) already checked by the caller.
+
+  The fast path for entropy models that derive valid indexes and bounded symbols themselves.
+  """
+  if symbols.size == 0:
+    return b""
   ops = _ops()
   handle = ops.create_range_encoder([], table.lookup)
-  handle = ops.entropy_encode_index(handle, indexes.ravel(), symbols.astype(np.int32).ravel())
+  handle = ops.entropy_encode_index(handle, indexes.ravel(), symbols.ravel())
   return bytes(ops.entropy_encode_finalize(handle).numpy())
+
+
+def decode_symbols(data: bytes, indexes: np.ndarray, table: CDFTable) -> np.ndarray:
+  """Decodes int32 symbols (values minus row offsets) for indexes already checked by the caller."""
+  if indexes.size == 0:
+    return np.zeros(indexes.shape, np.int32)
+  if not data:
+    raise errors.CorruptBitstreamError(
+        f"empty range-coded stream where {indexes.size} symbols are expected")
+  ops, tf = _ops(), _tf()
+  handle = ops.create_range_decoder(data, table.lookup)
+  handle, symbols = ops.entropy_decode_index(
+      handle, indexes.ravel(), tf.constant([indexes.size], tf.int32), tf.int32)
+  if not bool(ops.entropy_decode_finalize(handle).numpy()):
+    raise errors.CorruptBitstreamError("range decoder finished in an error state: corrupted stream")
+  return symbols.numpy().reshape(indexes.shape)
 
 
 class Decoder:
