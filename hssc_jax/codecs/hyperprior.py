@@ -1,0 +1,256 @@
+"""The base learned codec: a mean-scale hyperprior per scale of the feature pyramid.
+
+Minnen, Balle, Toderici, "Joint autoregressive and hierarchical priors for learned image
+compression", NeurIPS 2018 (the mean-scale hyperprior without the spatial context), fig. 4:
+
+  y = g_a(x)      z = h_a(y)      z_hat = Q(z)  coded with the factorized prior
+  (mu, sigma) = h_s(z_hat)        y_hat = Q(y - mu) + mu  coded with N(mu, sigma)
+  x_hat = g_s(y_hat)
+
+With `context_slices > 0` the Gaussian parameters of y come from the channel-wise context model of
+Minnen and Singh (ICIP 2020) driven by h_s's outputs (`entropy.channel_context`). g_a/g_s use GDN
+(Balle et al. 2016) or residual blocks. `HyperpriorModel` codes one tensor; `HyperpriorCodec`
+applies one model per scale, which is the "base learned codec" the bit-allocation methods build on.
+
+Port choices: transforms are sized for feature maps (stride-2 stages per scale instead of an image
+codec's four), scales are lower-bounded at 0.11 as CompressAI, and the entropy-parameter path runs in
+float64 on the host at coding time (`entropy.determinism`).
+"""
+
+import functools
+from typing import Any, ClassVar, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hssc_jax import errors
+from hssc_jax.codecs import base
+from hssc_jax.entropy import channel_context
+from hssc_jax.entropy import determinism
+from hssc_jax.entropy import factorized
+from hssc_jax.entropy import gaussian
+from hssc_jax.entropy import quantization
+from hssc_jax.entropy import tables as tables_lib
+from hssc_jax.entropy.channel_context import ChannelContext
+from hssc_jax.entropy.factorized import EntropyBottleneck
+from hssc_jax.layers import Analysis, HyperAnalysis, HyperSynthesis, Synthesis, pad_to_multiple
+
+
+class HyperpriorModel(nn.Module):
+  """Mean-scale hyperprior over one NHWC tensor of `out_channels` channels."""
+
+  out_channels: int
+  latent_channels: int = 128
+  hidden_channels: int = 128
+  hyper_channels: int = 96
+  stages: int = 1
+  hyper_stages: int = 2
+  transform: str = "gdn"
+  context_slices: int = 0
+  context_hidden: Sequence[int] = (128, 64)
+  lrp: bool = True
+
+  @nn.nowrap
+  def context_model(self) -> ChannelContext:
+    return ChannelContext(channels=self.latent_channels, num_slices=self.context_slices,
+                          max_support=self.context_slices, hidden=tuple(self.context_hidden),
+                          lrp=self.lrp)
+
+  def setup(self):
+    if self.transform not in ("gdn", "residual"):
+      raise errors.ConfigError(f"transform must be 'gdn' or 'residual', got {self.transform!r}")
+    self.g_a = Analysis(self.hidden_channels, self.latent_channels, self.stages, self.transform)
+    self.g_s = Synthesis(self.hidden_channels, self.out_channels, self.stages, self.transform)
+    self.h_a = HyperAnalysis(self.hyper_channels, self.hyper_stages)
+    self.h_s = HyperSynthesis(self.hyper_channels, 2 * self.latent_channels, self.hyper_stages)
+    self.entropy_bottleneck = EntropyBottleneck()
+    if self.context_slices:
+      self.context = self.context_model()
+
+  @property
+  def multiple(self) -> int:
+    return 2 ** (max(self.stages, 0) + self.hyper_stages)
+
+  def analysis(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    y = self.g_a(pad_to_multiple(x, self.multiple))
+    return y, self.h_a(y)
+
+  def hyper_synthesis(self, z_hat: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """h_s output split into (means, scales) — or the context model's hyper inputs."""
+    p = self.h_s(z_hat)
+    return p[..., :self.latent_channels], p[..., self.latent_channels:]
+
+  def synthesis(self, y_hat: jax.Array, height: int, width: int) -> jax.Array:
+    return self.g_s(y_hat)[:, :height, :width, :]
+
+  def __call__(self, x: jax.Array, mode: str) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (x_hat, {"y": bits per image, "z": bits per image})."""
+    y, z = self.analysis(x)
+    z_hat, z_bits = self.entropy_bottleneck(z, mode)
+    means, scales = self.hyper_synthesis(z_hat)
+    if self.context_slices:
+      y_hat, y_bits = self.context(y, means, scales, mode)
+    else:
+      rng = self.make_rng("noise") if quantization.needs_rng(mode) else None
+      y_hat, y_bits = gaussian.conditional(y, means, scales, mode, rng)
+    x_hat = self.synthesis(y_hat, x.shape[1], x.shape[2])
+    per_image = lambda b: b.reshape(b.shape[0], -1).sum(axis=1)
+    return x_hat, {"y": per_image(y_bits), "z": per_image(z_bits)}
+
+  # ---- host side -------------------------------------------------------------------------------
+
+  @nn.nowrap
+  def build_tables(self, params: Any) -> dict[str, Any]:
+    scale_table = gaussian.default_scale_table()
+    return {"z": factorized.build_table(params["entropy_bottleneck"]["density"]).to_dict(),
+            "y": gaussian.build_table(scale_table).to_dict(), "scale_table": scale_table}
+
+  @nn.nowrap
+  def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, jit: bool = True
+             ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
+    """Host: codes one tensor. Returns (streams, shapes, metadata, y_hat as decoded)."""
+    t_z = tables_lib.CDFTable.from_dict(tables["z"])
+    t_y = tables_lib.CDFTable.from_dict(tables["y"])
+    scale_table = np.asarray(tables["scale_table"])
+    y, z = (np.asarray(a) for a in base.jitted_method(self, "analysis")(params, x))
+    z_data, z_hat = factorized.compress(t_z, z)
+    hyper = _host_method(self, "hyper_synthesis", jit)(params, z_hat)
+    if self.context_slices:
+      y_data, y_hat, crc = channel_context.compress(
+          self.context_model(), params["context"], t_y, scale_table, y, *hyper, jit=jit)
+    else:
+      y_data, y_hat, idx = gaussian.compress(t_y, scale_table, y, *hyper)
+      crc = determinism.digest(idx)
+    streams = {"y": y_data, "z": z_data}
+    shapes = {"x": x.shape, "y": y.shape, "z": z.shape}
+    return streams, shapes, {"crc": crc}, y_hat
+
+  @nn.nowrap
+  def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
+             shapes: Mapping[str, tuple], metadata: Mapping[str, Any], jit: bool = True
+             ) -> np.ndarray:
+    """Host: inverse of `encode`."""
+    base.require(streams, ["y", "z"], "streams")
+    base.require(shapes, ["x", "y", "z"], "shapes")
+    base.require(metadata, ["crc"], "metadata")
+    x_shape, y_shape, z_shape = (tuple(shapes[k]) for k in ("x", "y", "z"))
+    self._check_shapes(x_shape, y_shape, z_shape)
+    t_z = tables_lib.CDFTable.from_dict(tables["z"])
+    t_y = tables_lib.CDFTable.from_dict(tables["y"])
+    scale_table = np.asarray(tables["scale_table"])
+    z_hat = factorized.decompress(t_z, streams["z"], z_shape)
+    hyper = _host_method(self, "hyper_synthesis", jit)(params, z_hat)
+    if self.context_slices:
+      y_hat = channel_context.decompress(self.context_model(), params["context"], t_y, scale_table,
+                                         streams["y"], *hyper, int(metadata["crc"]), jit=jit)
+    else:
+      means, scales = hyper
+      y_hat = gaussian.decompress(t_y, scale_table, streams["y"], means, scales)
+      determinism.check_digest(int(metadata["crc"]), gaussian.scale_indexes(scales, scale_table))
+    x_hat = base.jitted_method(self, "synthesis", (2, 3))(params, y_hat, x_shape[1], x_shape[2])
+    return np.asarray(x_hat)
+
+  @nn.nowrap
+  def _check_shapes(self, x_shape, y_shape, z_shape) -> None:
+    m, s = self.multiple, 2 ** max(self.stages, 0)
+    ph, pw = -(-x_shape[1] // m) * m, -(-x_shape[2] // m) * m
+    want_y = (x_shape[0], ph // s, pw // s, self.latent_channels)
+    want_z = (x_shape[0], ph // m, pw // m, self.hyper_channels)
+    if len(x_shape) != 4 or x_shape[3] != self.out_channels or y_shape != want_y or z_shape != want_z:
+      raise errors.CorruptBitstreamError(
+          f"bitstream shapes x={x_shape} y={y_shape} z={z_shape} do not fit this model "
+          f"(expected y={want_y}, z={want_z})")
+
+
+@functools.lru_cache(maxsize=256)
+def _host_method(module: nn.Module, method: str, jit: bool) -> determinism.HostFunction:
+  fn = getattr(type(module), method)
+  return determinism.HostFunction(
+      lambda params, *args: module.apply({"params": params}, *args, method=fn), jit=jit)
+
+
+def _per_scale(value: Any, scales: Sequence[str], what: str) -> dict[str, Any]:
+  """Broadcasts a scalar or checks a per-scale sequence/dict."""
+  if isinstance(value, Mapping):
+    missing = [s for s in scales if s not in value]
+    if missing:
+      raise errors.ConfigError(f"{what} lacks scales {missing}")
+    return {s: value[s] for s in scales}
+  if isinstance(value, (list, tuple)):
+    if len(value) != len(scales):
+      raise errors.ConfigError(f"{what} has {len(value)} entries for {len(scales)} scales")
+    return dict(zip(scales, value))
+  return {s: value for s in scales}
+
+
+class HyperpriorCodec(base.FeatureCodec):
+  """One mean-scale hyperprior per scale (the base learned feature codec).
+
+  Streams in the bitstream: "<scale>/y" and "<scale>/z" for each scale.
+  """
+
+  codec_id: ClassVar[str] = "hyperprior"
+  scales: Sequence[str] = ("p3", "p4", "p5")
+  channels: Sequence[int] = (64, 128, 256)
+  latent_channels: Any = 128
+  hidden_channels: Any = 128
+  hyper_channels: Any = 96
+  stages: Any = (2, 1, 1)
+  hyper_stages: int = 2
+  transform: str = "gdn"
+  context_slices: int = 0
+  context_hidden: Sequence[int] = (128, 64)
+  train_quantization: str = "noise"
+
+  @nn.nowrap
+  def scale_model(self, scale: str) -> HyperpriorModel:
+    s = list(self.scales)
+    i = s.index(scale)
+    pick = lambda v, what: _per_scale(v, s, what)[scale]
+    return HyperpriorModel(
+        out_channels=list(self.channels)[i],
+        latent_channels=pick(self.latent_channels, "latent_channels"),
+        hidden_channels=pick(self.hidden_channels, "hidden_channels"),
+        hyper_channels=pick(self.hyper_channels, "hyper_channels"),
+        stages=pick(self.stages, "stages"), hyper_stages=self.hyper_stages,
+        transform=self.transform, context_slices=self.context_slices,
+        context_hidden=tuple(self.context_hidden))
+
+  def setup(self):
+    if len(self.channels) != len(self.scales):
+      raise errors.ConfigError(f"{len(self.channels)} channel counts for scales {self.scales}")
+    quantization.check_mode(self.train_quantization)
+    self.models = {s: self.scale_model(s) for s in self.scales}
+
+  def __call__(self, features: base.Pyramid, training: bool) -> dict[str, Any]:
+    mode = self.train_quantization if training else "round"
+    out, bits = {}, {}
+    for s in self.scales:
+      out[s], b = self.models[s](features[s], mode)
+      bits.update({f"{s}/{k}": v for k, v in b.items()})
+    return {"features_hat": out, "bits": bits}
+
+  @nn.nowrap
+  def build_tables(self, params: Any) -> dict[str, Any]:
+    return {s: self.scale_model(s).build_tables(params[f"models_{s}"]) for s in self.scales}
+
+  @nn.nowrap
+  def compress_streams(self, params, tables, features):
+    streams, shapes, meta = {}, {}, {}
+    for s in self.scales:
+      st, sh, me, _ = self.scale_model(s).encode(params[f"models_{s}"], tables[s], features[s])
+      streams.update({f"{s}/{k}": v for k, v in st.items()})
+      shapes.update({f"{s}/{k}": v for k, v in sh.items()})
+      meta.update({f"{s}/{k}": v for k, v in me.items()})
+    return streams, shapes, meta
+
+  @nn.nowrap
+  def decompress_streams(self, params, tables, streams, shapes, metadata):
+    out = {}
+    for s in self.scales:
+      sub = lambda d: {k.split("/", 1)[1]: v for k, v in d.items() if k.startswith(s + "/")}
+      out[s] = self.scale_model(s).decode(params[f"models_{s}"], tables[s], sub(streams),
+                                          sub(shapes), sub(metadata))
+    return out

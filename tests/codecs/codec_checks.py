@@ -1,0 +1,65 @@
+"""Property checks every learned feature codec must pass (imported by path from codec tests)."""
+
+import jax
+import numpy as np
+import pytest
+
+from hssc_jax import errors
+
+
+def pyramid(channels=(16, 32, 64), size=40, batch=1, seed=0):
+  rng = np.random.default_rng(seed)
+  names = ("p3", "p4", "p5")
+  return {n: (rng.normal(size=(batch, size >> i, size >> i, c)) * 2).astype(np.float32)
+          for i, (n, c) in enumerate(zip(names, channels))}
+
+
+def init(codec, feats):
+  key = jax.random.PRNGKey(0)
+  return codec.init({"params": key, "noise": key}, feats, True)
+
+
+def check_forward(codec, variables, feats):
+  out = jax.jit(lambda v, f: codec.apply(v, f, True, rngs={"noise": jax.random.PRNGKey(1)}))(
+      variables, feats)
+  for s, a in feats.items():
+    assert out["features_hat"][s].shape == a.shape
+  for k, b in out["bits"].items():
+    assert b.shape == (next(iter(feats.values())).shape[0],), k
+    assert np.all(np.isfinite(b)) and np.all(np.asarray(b) >= 0), k
+  return out
+
+
+def check_round_trip(codec, variables, feats, atol=1e-4):
+  """decompress(compress(x)) equals the evaluation-mode reconstruction."""
+  params = variables["params"]
+  tables = codec.build_tables(params)
+  data = codec.compress(params, tables, feats, (320, 320))
+  decoded = codec.decompress(params, tables, data)
+  decoded_again = codec.decompress(params, tables, data)
+  ev = jax.jit(lambda v, f: codec.apply(v, f, False))(variables, feats)
+  for s in feats:
+    np.testing.assert_array_equal(decoded[s], decoded_again[s])
+    np.testing.assert_allclose(decoded[s], ev["features_hat"][s], atol=atol, rtol=0)
+  return params, tables, data, ev
+
+
+def check_bad_input(codec, params, tables, data, feats):
+  bad = dict(feats)
+  bad["p4"] = bad["p4"].copy()
+  bad["p4"][0, 0, 0, 0] = np.nan
+  with pytest.raises(errors.InvalidInputError, match="NaN"):
+    codec.compress(params, tables, bad, (320, 320))
+  with pytest.raises(errors.InvalidInputError, match="scales"):
+    codec.compress(params, tables, {k: v for k, v in feats.items() if k != "p3"}, (320, 320))
+  with pytest.raises(errors.InvalidInputError, match="rank 4"):
+    codec.compress(params, tables, {**feats, "p3": feats["p3"][0]}, (320, 320))
+  with pytest.raises(errors.TruncatedBitstreamError):
+    codec.decompress(params, tables, data[:-7])
+  flipped = bytearray(data)
+  flipped[len(data) // 2] ^= 4
+  with pytest.raises(errors.CorruptBitstreamError):
+    codec.decompress(params, tables, bytes(flipped))
+  other = jax.tree.map(lambda a: a + 1e-3, params)
+  with pytest.raises(errors.ModelMismatchError):
+    codec.decompress(other, tables, data)
