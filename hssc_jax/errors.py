@@ -51,3 +51,15 @@ class DeterminismError(BitstreamError):
 
 class InnerCodecError(HsscError, RuntimeError):
   """A traditional (inner) codec failed: missing binary, non-zero exit or empty output."""
+
+
+class DatasetError(HsscError, ValueError):
+  """A dataset folder or its annotation file is missing, malformed or inconsistent."""
+
+
+class TrainingError(HsscError, RuntimeError):
+  """Training cannot go on (e.g. the loss became NaN/inf)."""
+
+
+class CheckpointError(HsscError, ValueError):
+  """A model checkpoint is missing, not in the expected format, or holds an unexpected model."""
