@@ -1,11 +1,14 @@
 """Shared test fixtures: where the optional shared data lives, and skips when it is absent."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))  # `configs` is importable as in `python train.py`.
 SHARED = Path(os.environ.get("HSSC_SHARED", REPO.parent / "shared")).resolve()
 
 

@@ -1,0 +1,1 @@
+"""Evaluation configs: `python eval.py --config configs/eval/<name>.py[:variant] --workdir DIR`."""

@@ -1,0 +1,19 @@
+"""Data: a TFDS builder for COCO-format folders, input pipelines, and a generated shapes set.
+
+- `coco_folder`: `CocoFolder` builder, `load_coco_folder(root, split)`, `annotation_path`.
+- `pipeline`: `eval_data` (original images for evaluation), `train_dataset`/`train_batches`
+  (augmented square crops for codec training).
+- `synthetic`: `make_shapes_dataset`, a procedurally generated COCO-format detection set.
+"""
+
+from hssc_jax.data import coco_folder
+from hssc_jax.data import pipeline
+from hssc_jax.data import synthetic
+from hssc_jax.data.coco_folder import annotation_path
+from hssc_jax.data.coco_folder import CocoFolder
+from hssc_jax.data.coco_folder import load_coco_folder
+from hssc_jax.data.pipeline import eval_data
+from hssc_jax.data.pipeline import EvalData
+from hssc_jax.data.pipeline import train_batches
+from hssc_jax.data.pipeline import train_dataset
+from hssc_jax.data.synthetic import make_shapes_dataset
