@@ -1,0 +1,32 @@
+r"""The base learned codec: a mean-scale hyperprior per pyramid scale (hssc_jax.codecs.hyperprior).
+
+  python train.py --config configs/base.py --workdir runs/base            # YOLOv5n, shared COCO
+  python train.py --config configs/base.py:smoke --workdir /tmp/smoke      # seconds, no shared data
+  python train.py --config configs/base.py:lmbda=8,steps=20000 --workdir runs/base_l8
+  python train.py --config configs/base.py:context --workdir runs/base_ctx  # channel-wise context
+
+Arguments: smoke, context (channel-wise context entropy model), lmbda, steps, task (weight of the
+detector-head distillation term). Any field can be overridden on the command line, e.g.
+`--config.data.batch_size=16`. `get_sweep()` lists the lambda sweep for an RD curve.
+"""
+
+from configs import common
+
+DEFAULTS = dict(smoke=False, context=False, lmbda=2.0, steps=100_000, task=0.0)
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, **DEFAULTS)
+  kwargs = dict(latent_channels=(64, 96, 128), hidden_channels=(64, 96, 128),
+                hyper_channels=(48, 64, 64), stages=(2, 1, 1), transform="gdn",
+                context_slices=4 if arg.context else 0, context_hidden=(96, 64),
+                train_quantization="noise")
+  if arg.smoke:
+    kwargs.update(latent_channels=8, hidden_channels=8, hyper_channels=8, context_hidden=(8,))
+  config = common.training_config("hyperprior", kwargs, arg)
+  config.lock()
+  return config
+
+
+def get_sweep():
+  return common.sweep()

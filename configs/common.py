@@ -1,0 +1,104 @@
+"""Shared pieces of the training configs (big_vision style: `get_config(arg)` returns a locked dict).
+
+Arguments after the colon are comma-separated `key=value` pairs or flags, e.g.
+`configs/base.py:smoke`, `configs/base.py:lmbda=0.02,steps=20000`.
+"""
+
+import os
+from pathlib import Path
+
+import ml_collections
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HSSC_SHARED", REPO.parent / "shared"))
+
+# lambda values of the standard rate-distortion sweep (feature MSE weight against bits per pixel).
+LAMBDAS = (0.5, 2.0, 8.0, 32.0)
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'smoke,lmbda=2' -> ConfigDict(smoke=True, lmbda=2.0, ...), typed like the defaults."""
+  out = dict(defaults)
+  for token in filter(None, (arg or "").split(",")):
+    key, _, value = token.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    if isinstance(defaults[key], bool):
+      out[key] = value.lower() in ("", "1", "true", "yes")
+    else:
+      out[key] = type(defaults[key])(value)
+  return ml_collections.ConfigDict(out)
+
+
+def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.ConfigDict:
+  """The common training config around one codec; `arg` holds smoke, lmbda, steps, task."""
+  c = ml_collections.ConfigDict()
+  c.codec = ml_collections.ConfigDict({"name": codec_name, "kwargs": codec_kwargs})
+
+  c.detector = ml_collections.ConfigDict()
+  c.detector.name = "yolov5"
+  c.detector.size = "n"
+  c.detector.img_size = 640
+  c.detector.weights = str(SHARED / "weights" / "yolov5n-coco-v6.0.pt")
+
+  c.data = ml_collections.ConfigDict()
+  c.data.sources = [
+      {"root": str(SHARED / "data" / "coco-mini"), "split": "train2017"},
+      {"root": str(SHARED / "data" / "coco-tiny"), "split": "train2017"},
+  ]
+  c.data.synthetic_images = 0  # > 0: generate this many shapes images and train on them instead
+  c.data.synthetic_size = 128
+  c.data.size = 256
+  c.data.batch_size = 8
+  c.data.scale_range = (0.8, 1.6)
+  c.data.hflip = True
+  c.data.seed = 0
+  c.data.data_dir = ""
+  c.data.cache_features = True
+  c.data.cache_variants = 32
+  c.data.cache_dir = ""
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.lmbda = arg.lmbda
+  c.loss.scale_weights = {"p3": 1.0, "p4": 1.0, "p5": 1.0}
+  c.loss.task_weight = arg.task
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = 500
+  c.optim.schedule = "cosine"
+  c.optim.final_lr_fraction = 0.05
+  c.optim.clip_norm = 1.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+
+  c.steps = arg.steps
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.seed = 0
+  c.distributed = False
+  c.progress = True
+
+  if arg.smoke:
+    c.detector.name = "shapes_net"
+    c.detector.size = ""
+    c.detector.img_size = 128
+    c.detector.weights = "random"
+    c.data.sources = []
+    c.data.synthetic_images = 8
+    c.data.synthetic_size = 96
+    c.data.size = 64
+    c.data.batch_size = 2
+    c.data.cache_features = False
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 2
+    c.steps = 6
+    c.log_every = 2
+    c.checkpoint_every = 3
+  return c
+
+
+def sweep(base: dict | None = None) -> list[dict]:
+  """One override set per lambda of the standard sweep (big_vision `get_hyper` style)."""
+  return [dict(base or {}, **{"loss.lmbda": lm}) for lm in LAMBDAS]

@@ -1,0 +1,31 @@
+r"""L-MFC (Liu et al., ICASSP 2023): BFCNet codes P4+P5, MFCNet predicts P3 (hssc_jax.codecs.lmfc).
+
+  python train.py --config configs/lmfc.py --workdir runs/lmfc
+  python train.py --config configs/lmfc.py:smoke --workdir /tmp/smoke
+  python train.py --config configs/lmfc.py:residual --workdir runs/lmfc_res   # low-rate P3 residual
+
+Arguments: smoke, residual, coded (how many coarse scales BFCNet codes: 1 or 2), lmbda, steps, task.
+"""
+
+from configs import common
+
+DEFAULTS = dict(smoke=False, residual=False, coded=2, lmbda=2.0, steps=100_000, task=0.0)
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, **DEFAULTS)
+  coded = ("p4", "p5") if arg.coded == 2 else ("p5",)
+  kwargs = dict(coded_scales=coded, fused_channels=192, latent_channels=128, hidden_channels=128,
+                hyper_channels=64, stages=1, transform="gdn", predictor_hidden=96,
+                predictor_blocks=3, residual=arg.residual, residual_latent_channels=32,
+                train_quantization="noise")
+  if arg.smoke:
+    kwargs.update(fused_channels=8, latent_channels=8, hidden_channels=8, hyper_channels=8,
+                  predictor_hidden=8, predictor_blocks=1, residual_latent_channels=4)
+  config = common.training_config("lmfc", kwargs, arg)
+  config.lock()
+  return config
+
+
+def get_sweep():
+  return common.sweep()

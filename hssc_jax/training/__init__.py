@@ -1,0 +1,1 @@
+"""Training machinery: loss, checkpoints, feature cache, sharding and logging helpers."""

@@ -1,0 +1,79 @@
+"""A disk cache of detector features for codec training.
+
+Part 1 of a frozen detector is the same function at every step, so its outputs on augmented crops
+can be computed once and reused for many training steps: `build` runs the training input pipeline
+for `variants` passes over the sources, applies part 1 under jit and stores every scale as a
+float16 `.npy` (memory-mapped when read). `FeatureCache.batch(step)` then draws a batch with
+randomness keyed by (seed, step), so a resumed run sees exactly the batches it would have seen.
+
+The cache folder is keyed by a digest of everything that determines its content (detector and its
+weights, sources, crop size, augmentation, variants, seed); a finished cache has a `done` marker.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import tqdm
+
+from hssc_jax import bitstream
+
+
+class FeatureCache:
+  """Read side: memory-mapped per-scale arrays plus per-example pixel counts."""
+
+  def __init__(self, folder: str | Path, seed: int = 0):
+    self.folder = Path(folder)
+    meta = json.loads((self.folder / "meta.json").read_text())
+    self.scales = meta["scales"]
+    self.size = meta["size"]
+    self.arrays = {s: np.load(self.folder / f"{s}.npy", mmap_mode="r") for s in self.scales}
+    self.num_examples = int(next(iter(self.arrays.values())).shape[0])
+    self.seed = seed
+
+  def batch(self, step: int, batch_size: int, shard_index: int = 0, num_shards: int = 1
+            ) -> dict[str, Any]:
+    """This process's share of the global batch of `step` (deterministic in (seed, step))."""
+    rng = np.random.default_rng([self.seed, step])
+    idx = np.sort(rng.choice(self.num_examples, batch_size * num_shards, replace=False))
+    idx = idx[shard_index * batch_size:(shard_index + 1) * batch_size]
+    flips = rng.random(batch_size * num_shards)[shard_index * batch_size:][:batch_size] < 0.5
+    feats = {}
+    for s, a in self.arrays.items():
+      x = np.asarray(a[idx], np.float32)
+      x[flips] = x[flips, :, ::-1]  # Horizontal flips of the feature maps as extra augmentation.
+      feats[s] = x
+    return {"features": feats, "pixels": np.full((batch_size,), float(self.size**2), np.float32)}
+
+
+def cache_key(**parts: Any) -> str:
+  return bitstream.fingerprint(json.dumps(parts, sort_keys=True, default=str)).hex()[:16]
+
+
+def build(folder: str | Path, batches: Iterator[Mapping[str, np.ndarray]], num_batches: int,
+          part1: Callable[[np.ndarray], Mapping[str, Any]], scales: Sequence[str], size: int,
+          meta: Mapping[str, Any]) -> FeatureCache:
+  """Fills `folder` with part-1 features of `num_batches` batches (skipped when already done)."""
+  folder = Path(folder)
+  if (folder / "done").exists():
+    return FeatureCache(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  writers: dict[str, np.ndarray] = {}
+  row = 0
+  for _ in tqdm.trange(num_batches, desc="caching features", unit="batch"):
+    batch = next(batches)
+    feats = {s: np.asarray(v) for s, v in part1(batch["image"]).items()}
+    n = next(iter(feats.values())).shape[0]
+    for s in scales:
+      if s not in writers:
+        shape = (num_batches * n,) + feats[s].shape[1:]
+        writers[s] = np.lib.format.open_memmap(folder / f"{s}.npy", "w+", np.float16, shape)
+      writers[s][row:row + n] = feats[s].astype(np.float16)
+    row += n
+  for w in writers.values():
+    w.flush()
+  (folder / "meta.json").write_text(json.dumps(dict(meta, scales=list(scales), size=size,
+                                                    examples=row), indent=2, default=str))
+  (folder / "done").write_text("ok\n")
+  return FeatureCache(folder)

@@ -1,0 +1,150 @@
+"""Training system tests on the smoke configs (generated shapes, random ShapesNet, tiny codecs)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import base as base_config
+from configs import lmfc as lmfc_config
+from hssc_jax import bitstream, errors, train_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke(module, **overrides):
+  config = module.get_config("smoke")
+  with config.unlocked():
+    config.progress = False
+    for key, value in overrides.items():
+      node = config
+      *path, last = key.split(".")
+      for p in path:
+        node = node[p]
+      node[last] = value
+  return config
+
+
+def test_base_trains_checkpoints_resumes_and_codes(tmp_path):
+  metrics = train_lib.train_and_evaluate(smoke(base_config, steps=3), str(tmp_path))
+  assert np.isfinite(metrics["loss"]) and metrics["bpp"] > 0
+  assert (tmp_path / "tables" / "3.npz").exists() and (tmp_path / "tb").is_dir()
+  # Resume: the same workdir with more steps continues from step 3.
+  metrics = train_lib.train_and_evaluate(smoke(base_config, steps=5), str(tmp_path))
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 5]
+  # Checkpoint round trip: the trained codec loads and codes a pyramid exactly as it decodes it.
+  codec, params, tables, run = train_lib.load_codec(tmp_path)
+  assert run["codec"] == "hyperprior"
+  rng = np.random.default_rng(0)
+  feats = {s: rng.normal(size=(1, 16 >> i, 16 >> i, c)).astype(np.float32)
+           for i, (s, c) in enumerate(zip(run["scales"], run["channels"]))}
+  data = codec.compress(params, tables, feats, (128, 128))
+  out = codec.decompress(params, tables, data)
+  ev = codec.apply({"params": params}, feats, False)["features_hat"]
+  for s in feats:
+    np.testing.assert_allclose(out[s], ev[s], atol=1e-4)
+  assert bitstream.unpack(data).codec_id == "hyperprior"
+
+
+def test_lmfc_smoke_step_and_wrong_codec_in_workdir(tmp_path):
+  metrics = train_lib.train_and_evaluate(smoke(lmfc_config, steps=2), str(tmp_path))
+  assert np.isfinite(metrics["loss"])
+  assert set(k for k in metrics if k.startswith("bpp/")) == {"bpp/bfc/y", "bpp/bfc/z"}
+  with pytest.raises(errors.ConfigError, match="holds a run of codec 'lmfc'"):
+    train_lib.train_and_evaluate(smoke(base_config, steps=2), str(tmp_path))
+
+
+def test_bad_configs(tmp_path):
+  with pytest.raises(errors.ConfigError, match="no option"):
+    train_lib.train_and_evaluate(smoke(base_config, **{"codec.kwargs": {"latent_chanels": 8}}),
+                                 str(tmp_path / "a"))
+  with pytest.raises(errors.ConfigError, match="lmbda"):
+    train_lib.train_and_evaluate(smoke(base_config, **{"loss.lmbda": -1.0}), str(tmp_path / "b"))
+  config = base_config.get_config("smoke")
+  with pytest.raises(AttributeError):
+    config.loss.lmbdaa = 1.0  # Locked: a typo is an error, not a new field.
+
+
+def test_nan_loss_stops_with_step_and_saves_nothing_broken(tmp_path):
+  config = smoke(base_config, steps=6, **{"optim.lr": 1e30, "optim.warmup_steps": 1,
+                                          "optim.clip_norm": 1e30})
+  with pytest.raises(errors.TrainingError, match=r"at step \d+"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  ckpts = list((tmp_path / "checkpoints").glob("*")) if (tmp_path / "checkpoints").exists() else []
+  for c in ckpts:  # Any checkpoint written before the divergence holds finite parameters.
+    codec, params, _, _ = train_lib.load_codec(tmp_path, int(c.name))
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+
+
+def _finished_steps(workdir):
+  folder = workdir / "checkpoints"
+  return [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+
+
+def test_resume_after_sigkill(tmp_path):
+  cmd = [sys.executable, "train.py", "--config", "configs/base.py:smoke", "--workdir",
+         str(tmp_path), "--config.steps=400", "--config.checkpoint_every=2",
+         "--config.progress=False"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+      steps = _finished_steps(tmp_path)
+      if steps and max(steps) >= 4:
+        break
+      time.sleep(0.5)
+    else:
+      pytest.fail("no checkpoint written within 300 s")
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  killed_at = max(_finished_steps(tmp_path))  # orbax's "<step>.orbax-checkpoint-tmp" is not one
+  out = subprocess.run(cmd[:-2] + [f"--config.steps={killed_at + 2}", "--config.progress=False"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"from step {killed_at} " in out.stdout
+  assert (tmp_path / "tables" / f"{killed_at + 2}.npz").exists()
+
+
+SHARDED = r"""
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from hssc_jax import train_lib
+from hssc_jax.codecs.hyperprior import HyperpriorCodec
+codec = HyperpriorCodec(channels=(4, 8, 8), latent_channels=8, hidden_channels=8, hyper_channels=8)
+rng = np.random.default_rng(0)
+feats = {s: rng.normal(size=(8, 16 >> i, 16 >> i, c)).astype(np.float32)
+         for i, (s, c) in enumerate(zip(("p3", "p4", "p5"), (4, 8, 8)))}
+batch = {"features": feats, "pixels": np.full((8,), 64.0 * 64, np.float32)}
+key = jax.random.PRNGKey(0)
+params = codec.init({"params": key, "noise": key}, feats, True)["params"]
+tx = optax.adam(1e-3)
+step = train_lib.make_train_step(codec, tx, key, 2.0, {})
+def run(devices):
+  mesh = Mesh(np.asarray(devices), ("data",))
+  rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
+                          "opt_state": tx.init(params)}, rep)
+  state, m = jax.jit(step, out_shardings=(rep, rep))(state, jax.device_put(batch, dat))
+  return jax.device_get(state["params"]), float(m["loss"])
+assert jax.device_count() == 8
+p8, l8 = run(jax.devices())
+p1, l1 = run(jax.devices()[:1])
+np.testing.assert_allclose(l8, l1, rtol=1e-5)
+for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print("OK", l8, l1)
+"""
+
+
+def test_sharded_step_equals_unsharded():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  out = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
