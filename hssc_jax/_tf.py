@@ -11,7 +11,7 @@ import os
 @functools.lru_cache(maxsize=None)
 def tf():
   """Returns the `tensorflow` module with all GPUs hidden from it."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import tensorflow as tf_module  # pylint: disable=g-import-not-at-top
   try:
     tf_module.config.set_visible_devices([], "GPU")

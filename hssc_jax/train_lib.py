@@ -234,6 +234,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.scalars(done, metrics_host)
         bar.set_postfix(bpp=f"{metrics_host['bpp']:.4f}", mse=f"{metrics_host['mse']:.4g}",
                         sps=f"{metrics_host['steps_per_s']:.2f}")
+        if bar.disable and jax.process_index() == 0:  # No bar (e.g. a log file): one line.
+          print(f"step {done}/{steps}: loss {metrics_host['loss']:.4f} bpp "
+                f"{metrics_host['bpp']:.4f} mse {metrics_host['mse']:.4g} "
+                f"{metrics_host['steps_per_s']:.2f} steps/s", flush=True)
       bar.update(1)
       ckpt.maybe_save(done, state, force=done == steps)
   finally:
