@@ -38,13 +38,13 @@ from hssc_jax.training import summary
 
 def make_optimizer(cfg: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
   """Adam with warmup + cosine (or constant) schedule and global-norm clipping."""
-  warmup = min(int(cfg.warmup_steps), max(steps - 1, 0))
-  if cfg.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warmup, 1), max(steps, warmup + 1),
+  warmup = max(min(int(cfg.warmup_steps), steps - 1), 1)
+  if cfg.schedule == "cosine":  # decay_steps counts the warmup and must exceed it
+    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(steps, warmup + 1),
                                             cfg.lr * cfg.final_lr_fraction)
   elif cfg.schedule == "constant":
-    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, max(warmup, 1)),
-                               optax.constant_schedule(cfg.lr)], [max(warmup, 1)])
+    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup),
+                               optax.constant_schedule(cfg.lr)], [warmup])
   else:
     raise errors.ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),

@@ -1,0 +1,36 @@
+r"""HSSC (Zhang et al., IEEE Trans. Broadcasting 2025): SFTNet + hyperprior (hssc_jax.codecs.hssc).
+
+  python train.py --config configs/hssc.py --workdir runs/hssc
+  python train.py --config configs/hssc.py:smoke --workdir /tmp/hssc_smoke
+  python train.py --config configs/hssc.py:no_inter --workdir runs/hssc_no_inter        # ablation
+  python train.py --config configs/hssc.py:no_adaptive --workdir runs/hssc_no_adaptive  # ablation
+
+Arguments: smoke, no_inter (plain concat fusion instead of inter-scale semantic correlation),
+no_adaptive (plain upsample + conv reconstruction), context (channel-wise context entropy model),
+lmbda, steps, task.
+"""
+
+from configs import common
+
+DEFAULTS = dict(smoke=False, no_inter=False, no_adaptive=False, context=False, lmbda=2.0,
+                steps=100_000, task=0.0)
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, **DEFAULTS)
+  kwargs = dict(compact_channels=192, transform_channels=128, latent_channels=128,
+                hidden_channels=128, hyper_channels=64, stages=1, hyper_stages=2, transform="gdn",
+                context_slices=4 if arg.context else 0, context_hidden=(96, 64),
+                inter_scale=not arg.no_inter, adaptive_reconstruction=not arg.no_adaptive,
+                spatial_attention=True, attention_channels=32, attention_pool=2,
+                train_quantization="noise")
+  if arg.smoke:
+    kwargs.update(compact_channels=8, transform_channels=8, latent_channels=8, hidden_channels=8,
+                  hyper_channels=8, context_hidden=(8,), attention_channels=4)
+  config = common.training_config("hssc", kwargs, arg)
+  config.lock()
+  return config
+
+
+def get_sweep():
+  return common.sweep()
