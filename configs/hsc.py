@@ -1,0 +1,31 @@
+r"""HSC (Li et al., arXiv:2502.16799, 2025): hierarchical core + feature latents (hssc_jax.codecs.hsc).
+
+  python train.py --config configs/hsc.py --workdir runs/hsc
+  python train.py --config configs/hsc.py:smoke --workdir /tmp/hsc_smoke
+  python train.py --config configs/hsc.py:context=false --workdir runs/hsc_no_context   # ablation
+
+Arguments: smoke, context (channel-wise autoregression in both levels' context models; false: one
+slice, the entropy parameters come from the hyper inputs alone), lmbda, steps, task.
+"""
+
+from configs import common
+
+DEFAULTS = dict(smoke=False, context=True, lmbda=2.0, steps=100_000, task=0.0)
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, **DEFAULTS)
+  kwargs = dict(core_channels=96, latent_channels=128, hidden_channels=128, hyper_channels=64,
+                core_stages=1, feature_stages=1, hyper_stages=2, fusion_scale="", transform="gdn",
+                context_slices=4 if arg.context else 1, context_hidden=(96, 64),
+                train_quantization="noise")
+  if arg.smoke:
+    kwargs.update(core_channels=8, latent_channels=8, hidden_channels=8, hyper_channels=8,
+                  context_hidden=(8,))
+  config = common.training_config("hsc", kwargs, arg)
+  config.lock()
+  return config
+
+
+def get_sweep():
+  return common.sweep()

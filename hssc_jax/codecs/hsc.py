@@ -1,0 +1,404 @@
+"""HSC: hierarchical semantic compression, adapted from images to detector feature pyramids.
+
+Li, Zhang, Xu, Jiang, Liu, Zhu, "Hierarchical Semantic Compression for Consistent Image Semantic
+Restoration", arXiv:2502.16799, 2025. HSC codes two levels of latents: the *core semantics* with a
+semantic compression network (SCN) and the *middle-level semantic feature* with a feature compression
+network (FCN), hierarchically, "via an entropy model progressively shared by channel-wise context".
+The paper works in the latent spaces of a GAN inversion encoder; here the two levels are built from
+the detector's pyramid (equation labels are this port's):
+
+```
+ level 1 (SCN, core semantics), from the coarsest, most semantic scale p_L:
+   y_c = g_c(p_L)     z_c = h_a(y_c)     z_c_hat = Q(z_c)  factorized prior          "core/z"  (H1)
+   y_c_hat = CC_c(y_c | h_s(z_c_hat))    channel-wise context (Minnen & Singh 2020)  "core/y"  (H2)
+ level 2 (FCN, feature latent), from all scales fused on one grid (default: the second coarsest):
+   u = conv1x1(concat_s resample_s(p_s))    y_f = g_f(u)                                       (H3)
+   (m_f, s_f) = P(y_c_hat)                  the core latent is the feature latent's prior      (H4)
+   y_f_hat = CC_f(y_f | m_f, s_f)           channel-wise context                  "feature/y"  (H5)
+ reconstruction, for every scale s:
+   t = lrelu(conv1x1([g_f^-1(y_f_hat), up(conv1x1(y_c_hat))]))  on the fusion grid
+   p_s_hat = conv(FiLM(ResBlock(resample_s(t)) | GAP(y_c_hat)))                                (H6)
+```
+
+Progressive sharing of the context model. The port reads the paper's "entropy model progressively
+shared by channel-wise context" as: both levels use the same kind of channel-wise autoregressive
+context model (`entropy.channel_context`, slices + LRP), and the decoded core latent takes the role
+of the hyperprior for the feature latent (H4): the hyper inputs (means, scales) of CC_f are predicted
+from y_c_hat, resampled to y_f's grid. The feature level thus has no side latent z of its own; its
+bits are conditioned on the core level's. Each level has its own context transforms (weights are not
+tied).
+
+Port choices the abstract leaves open: everything above the two-level structure, i.e. that the core
+latent is coded from the coarsest scale with a mean-scale hyperprior (`HyperpriorModel` with a
+channel context; its synthesis g_s is unused), the fusion grid and resampling (strided convs down,
+sub-pixel convs up, as transposed convs run ~6x slower on XLA:CPU; bilinear up for the core
+guidance in (H6); crops onto the top-left-aligned finer grid, a bilinear fit for ratios that are not
+powers of two), the prior network P, the FiLM modulation (zero-initialised) of every scale by pooled
+core semantics in (H6), and all widths. Any number of scales >= 2 and any spatial size work (inputs
+are zero-padded to the strides and outputs cropped back). The entropy-parameter networks (h_s, P and
+the context transforms) run in float64 on the host when coding (`entropy.determinism`), so the
+decoded pyramid equals `apply(..., training=False)` up to float32 rounding (~1e-6), not bit-exactly.
+Rates are reported per level: bits "core/y", "core/z" and "feature/y".
+"""
+
+import functools
+from typing import Any, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hssc_jax import errors
+from hssc_jax.codecs import base
+from hssc_jax.codecs.hyperprior import HyperpriorModel
+from hssc_jax.entropy import channel_context
+from hssc_jax.entropy import determinism
+from hssc_jax.entropy import factorized
+from hssc_jax.entropy import quantization
+from hssc_jax.entropy import tables as tables_lib
+from hssc_jax.entropy.channel_context import ChannelContext
+from hssc_jax.layers import GDN, Analysis, ResidualBlock, conv, pad_to_multiple
+
+
+def _fit(x: jax.Array, h: int, w: int) -> jax.Array:
+  """NHWC x onto an (h, w) grid that shares its top-left corner: a crop when x is at least that
+  large (the padded or ceil-divided grids of the pyramid), else a bilinear resize."""
+  if x.shape[1] >= h and x.shape[2] >= w:
+    return x[:, :h, :w, :]
+  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear")
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def _depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
+  """(N, H, W, C * b^2) -> (N, bH, bW, C): the pixel shuffle of sub-pixel convolution."""
+  n, h, w, c = x.shape
+  c //= block * block
+  x = x.reshape(n, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * block, w * block, c)
+
+
+class Upsample(nn.Module):
+  """x2 upsampling by sub-pixel convolution (Shi et al., CVPR 2016): conv to 4x the channels, then
+  a pixel shuffle. Used instead of transposed convs, which XLA runs several times slower on CPU."""
+
+  features: int
+  kernel: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _depth_to_space(conv(4 * self.features, self.kernel)(x))
+
+
+class Rescale(nn.Module):
+  """`up` x2 sub-pixel upsamplings (up > 0), stride-2 convs (up < 0) or one conv (0), each with
+  LeakyReLU, then a crop (or bilinear fit) to (h, w)."""
+
+  features: int
+  up: int
+  kernel: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, h: int, w: int) -> jax.Array:
+    if self.up == 0:
+      x = nn.leaky_relu(conv(self.features, self.kernel)(x))
+    for _ in range(abs(self.up)):
+      layer = (Upsample(self.features, self.kernel) if self.up > 0
+               else conv(self.features, self.kernel, 2))
+      x = nn.leaky_relu(layer(x))
+    return _fit(x, h, w)
+
+
+class FeatureSynthesis(nn.Module):
+  """g_f^-1: the mirror of `layers.Analysis` with sub-pixel upsampling (IGDN or residual blocks
+  between stages), from the feature latent back to the fusion grid."""
+
+  features: int
+  stages: int = 1
+  kind: str = "gdn"
+  kernel: int = 5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(max(self.stages, 1)):
+      if i > 0:
+        x = GDN(inverse=True)(x) if self.kind == "gdn" else ResidualBlock(self.features)(x)
+      x = (Upsample(self.features, self.kernel) if self.stages > 0
+           else conv(self.features, self.kernel))(x)
+    return x
+
+
+class CorePrior(nn.Module):
+  """(H4): hyper inputs (means, scales) of the feature latent's context model from the decoded core
+  latent, on the feature latent's (h, w) grid."""
+
+  features: int
+  latent_channels: int
+  up: int
+
+  @nn.compact
+  def __call__(self, core_hat: jax.Array, h: int, w: int) -> tuple[jax.Array, jax.Array]:
+    x = Rescale(self.features, self.up, kernel=5)(core_hat, h, w)
+    p = conv(2 * self.latent_channels, 3)(x)
+    return p[..., :self.latent_channels], p[..., self.latent_channels:]
+
+
+class HSCCodec(base.FeatureCodec):
+  """Two-level hierarchical latents, core semantics then feature latent (see module doc).
+
+  Streams: "core/y", "core/z" (level 1), "feature/y" (level 2).
+
+  Attributes beyond scales/channels:
+    core_channels: channels of the core semantic latent y_c.
+    latent_channels: channels of the feature latent y_f.
+    hidden_channels: width of the transforms (per scale at most that scale's channel count).
+    hyper_channels: channels of the core level's side latent z_c.
+    core_stages, feature_stages: stride-2 stages of g_c (on the coarsest scale) and g_f (on the
+      fusion grid); hyper_stages: of h_a/h_s of the core level.
+    fusion_scale: the scale whose grid the feature latent is analysed on ("": second coarsest).
+    context_slices: slices of both channel-wise context models (>= 1; 1: no channel
+      autoregression, the parameters come from the hyper inputs alone); context_hidden: their widths.
+    transform: "gdn" or "residual" for g_c, g_f and g_f^-1.
+  """
+
+  codec_id: ClassVar[str] = "hsc"
+  scales: Sequence[str] = ("p3", "p4", "p5")
+  channels: Sequence[int] = (64, 128, 256)
+  core_channels: int = 96
+  latent_channels: int = 128
+  hidden_channels: int = 128
+  hyper_channels: int = 64
+  core_stages: int = 1
+  feature_stages: int = 1
+  hyper_stages: int = 2
+  fusion_scale: str = ""
+  transform: str = "gdn"
+  context_slices: int = 4
+  context_hidden: Sequence[int] = (96, 64)
+  train_quantization: str = "noise"
+
+  # ---- structure -------------------------------------------------------------------------------
+
+  @property
+  def fusion_index(self) -> int:
+    return len(self.scales) - 2 if not self.fusion_scale else list(self.scales).index(
+        self.fusion_scale)
+
+  @property
+  def widths(self) -> dict[str, int]:
+    """Transform width per scale: `hidden_channels`, narrowed to the scale's channel count."""
+    return {s: min(self.hidden_channels, c) for s, c in zip(self.scales, self.channels)}
+
+  @property
+  def core_levels(self) -> int:
+    """Power-of-two levels from the fusion grid down to the core latent's grid."""
+    return len(self.scales) - 1 - self.fusion_index + self.core_stages
+
+  @nn.nowrap
+  def core_model(self) -> HyperpriorModel:
+    """Level 1 (SCN): mean-scale hyperprior + channel context over the coarsest scale."""
+    return HyperpriorModel(out_channels=list(self.channels)[-1], latent_channels=self.core_channels,
+                           hidden_channels=self.hidden_channels, hyper_channels=self.hyper_channels,
+                           stages=self.core_stages, hyper_stages=self.hyper_stages,
+                           transform=self.transform, context_slices=self.context_slices,
+                           context_hidden=tuple(self.context_hidden))
+
+  @nn.nowrap
+  def feature_context_model(self) -> ChannelContext:
+    """Level 2 (FCN): the feature latent's channel context (H5)."""
+    return ChannelContext(channels=self.latent_channels, num_slices=self.context_slices,
+                          max_support=self.context_slices, hidden=tuple(self.context_hidden))
+
+  @nn.nowrap
+  def prior_model(self) -> CorePrior:
+    return CorePrior(self.hidden_channels, self.latent_channels,
+                     self.core_levels - self.feature_stages)
+
+  @nn.nowrap
+  def _check_config(self) -> None:
+    if len(self.scales) < 2:
+      raise errors.ConfigError(f"HSC needs at least two scales, got {tuple(self.scales)}")
+    if len(self.channels) != len(self.scales):
+      raise errors.ConfigError(f"{len(self.channels)} channel counts for scales {self.scales}")
+    if self.fusion_scale and self.fusion_scale not in self.scales:
+      raise errors.ConfigError(f"fusion_scale {self.fusion_scale!r} is not one of {self.scales}")
+    if self.train_quantization not in quantization.MODES:
+      raise errors.ConfigError(f"train_quantization {self.train_quantization!r} is not one of "
+                               f"{quantization.MODES}")
+    if self.transform not in ("gdn", "residual"):
+      raise errors.ConfigError(f"transform must be 'gdn' or 'residual', got {self.transform!r}")
+    for name in ("core_channels", "latent_channels", "hidden_channels", "hyper_channels"):
+      if int(getattr(self, name)) < 1:
+        raise errors.ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+    for name in ("core_stages", "feature_stages"):
+      if int(getattr(self, name)) < 0:
+        raise errors.ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+    if not 1 <= self.context_slices <= min(self.core_channels, self.latent_channels):
+      raise errors.ConfigError(
+          f"context_slices must be in [1, min(core_channels, latent_channels)], got "
+          f"{self.context_slices}")
+
+  def setup(self):
+    self._check_config()
+    w, k = self.widths, self.fusion_index
+    hidden = self.hidden_channels
+    self.core = self.core_model()
+    # Level 2 analysis (H3): every scale to the fusion grid, then g_f.
+    self.fuse_in = {s: Rescale(w[s], i - k) for i, s in enumerate(self.scales)}
+    self.fuse_out = conv(hidden, 1)
+    self.g_f = Analysis(hidden, self.latent_channels, self.feature_stages, self.transform)
+    self.prior = self.prior_model()
+    self.feature_context = self.feature_context_model()
+    # Reconstruction (H6).
+    self.g_f_inv = FeatureSynthesis(hidden, self.feature_stages, self.transform)
+    self.core_in = conv(hidden, 1)
+    self.merge = conv(hidden, 1)
+    self.unfuse = {s: Rescale(w[s], k - i) for i, s in enumerate(self.scales)}
+    self.refine = {s: ResidualBlock(w[s]) for s in self.scales}
+    self.film = {s: nn.Dense(2 * w[s], kernel_init=nn.initializers.zeros) for s in self.scales}
+    self.heads = {s: conv(c, 3) for s, c in zip(self.scales, self.channels)}
+
+  # ---- pure transforms (jit/grad) --------------------------------------------------------------
+
+  def feature_analysis(self, features: base.Pyramid) -> jax.Array:
+    """(H3): pyramid -> feature latent y_f (N, ceil(h_k / 2^fs), ceil(w_k / 2^fs), latent)."""
+    h, w = features[self.scales[self.fusion_index]].shape[1:3]
+    parts = [self.fuse_in[s](features[s], h, w) for s in self.scales]
+    u = self.fuse_out(jnp.concatenate(parts, axis=-1))
+    return self.g_f(pad_to_multiple(u, 2 ** self.feature_stages))
+
+  def synthesize(self, feature_hat: jax.Array, core_hat: jax.Array,
+                 sizes: Sequence[tuple[int, int]]) -> dict[str, jax.Array]:
+    """(H6): both decoded latents -> pyramid with (H, W) `sizes` per scale."""
+    hf, wf = sizes[self.fusion_index]
+    t = self.g_f_inv(feature_hat)[:, :hf, :wf, :]
+    c = self.core_in(core_hat)
+    f = 2 ** self.core_levels
+    c = _fit(jax.image.resize(c, (c.shape[0], c.shape[1] * f, c.shape[2] * f, c.shape[3]),
+                              "bilinear"), hf, wf)
+    t = nn.leaky_relu(self.merge(jnp.concatenate([t, c], axis=-1)))
+    semantics = jnp.mean(core_hat, axis=(1, 2))
+    out = {}
+    for s, (h, w) in zip(self.scales, sizes):
+      x = self.refine[s](self.unfuse[s](t, h, w))
+      gamma, beta = jnp.split(self.film[s](semantics), 2, axis=-1)
+      x = x * (1.0 + gamma[:, None, None, :]) + beta[:, None, None, :]
+      out[s] = self.heads[s](x)
+    return out
+
+  def __call__(self, features: base.Pyramid, training: bool) -> dict[str, Any]:
+    mode = self.train_quantization if training else "round"
+    sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
+    # Level 1 (H1)-(H2).
+    y_c, z_c = self.core.analysis(features[self.scales[-1]])
+    z_c_hat, z_bits = self.core.entropy_bottleneck(z_c, mode)
+    core_hat, yc_bits = self.core.context(y_c, *self.core.hyper_synthesis(z_c_hat), mode)
+    # Level 2 (H3)-(H5).
+    y_f = self.feature_analysis(features)
+    means, scales = self.prior(core_hat, y_f.shape[1], y_f.shape[2])
+    feature_hat, yf_bits = self.feature_context(y_f, means, scales, mode)
+    per_image = lambda b: b.reshape(b.shape[0], -1).sum(axis=1)
+    return {"features_hat": self.synthesize(feature_hat, core_hat, sizes),
+            "bits": {"core/y": per_image(yc_bits), "core/z": per_image(z_bits),
+                     "feature/y": per_image(yf_bits)}}
+
+  # ---- host side -------------------------------------------------------------------------------
+
+  @nn.nowrap
+  def expected_shapes(self, sizes: Sequence[Sequence[int]], batch: int) -> dict[str, tuple]:
+    """Shapes of the coded tensors for a pyramid of (H, W) `sizes` (what decoding checks)."""
+    (hc, wc), (hf, wf) = sizes[-1], sizes[self.fusion_index]
+    m, s = 2 ** (self.core_stages + self.hyper_stages), 2 ** self.core_stages
+    f = 2 ** self.feature_stages
+    return {"core/x": (batch, hc, wc, list(self.channels)[-1]),
+            "core/y": (batch, _ceil_div(hc, m) * m // s, _ceil_div(wc, m) * m // s,
+                       self.core_channels),
+            "core/z": (batch, _ceil_div(hc, m), _ceil_div(wc, m), self.hyper_channels),
+            "feature/y": (batch, _ceil_div(hf, f), _ceil_div(wf, f), self.latent_channels)}
+
+  @nn.nowrap
+  def build_tables(self, params: Any) -> dict[str, Any]:
+    core = self.core_model().build_tables(params["core"])
+    return {"core": core, "feature": {"y": core["y"], "scale_table": core["scale_table"]}}
+
+  @nn.nowrap
+  def compress_streams(self, params, tables, features):
+    sizes = [list(features[s].shape[1:3]) for s in self.scales]
+    st, sh, me, core_hat = self.core_model().encode(params["core"], tables["core"],
+                                                    features[self.scales[-1]])
+    streams = {f"core/{k}": v for k, v in st.items()}
+    shapes = {f"core/{k}": tuple(v) for k, v in sh.items()}
+    meta = {f"core/{k}": v for k, v in me.items()}
+    y_f = np.asarray(base.jitted_method(self, "feature_analysis")(params, features))
+    hyper = _prior_host(self.prior_model(), y_f.shape[1], y_f.shape[2])(params["prior"], core_hat)
+    t_y = tables_lib.CDFTable.from_dict(tables["feature"]["y"])
+    data, _, crc = channel_context.compress(
+        self.feature_context_model(), params["feature_context"], t_y,
+        np.asarray(tables["feature"]["scale_table"]), y_f, *hyper)
+    streams["feature/y"] = data
+    shapes["feature/y"] = tuple(y_f.shape)
+    meta["feature/crc"] = crc
+    meta["sizes"] = sizes
+    return streams, shapes, meta
+
+  @nn.nowrap
+  def decompress_streams(self, params, tables, streams, shapes, metadata):
+    base.require(streams, ["core/y", "core/z", "feature/y"], "streams")
+    base.require(shapes, ["core/x", "core/y", "core/z", "feature/y"], "shapes")
+    base.require(metadata, ["core/crc", "feature/crc", "sizes"], "metadata")
+    sizes = metadata["sizes"]
+    if (not isinstance(sizes, list) or len(sizes) != len(self.scales)
+        or not all(isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and 0 < i < 2**16
+                                                               for i in v) for v in sizes)):
+      raise errors.CorruptBitstreamError(f"bitstream metadata 'sizes' is malformed: {sizes!r}")
+    sizes = tuple(tuple(v) for v in sizes)
+    got = {k: tuple(shapes[k]) for k in ("core/x", "core/y", "core/z", "feature/y")}
+    want = self.expected_shapes(sizes, got["core/x"][0] if got["core/x"] else 0)
+    if got != want or want["core/x"][0] < 1:
+      raise errors.CorruptBitstreamError(
+          f"bitstream shapes {got} do not fit this model and sizes {sizes} (expected {want})")
+    for k in ("core/crc", "feature/crc"):
+      if not isinstance(metadata[k], int):
+        raise errors.CorruptBitstreamError(f"bitstream metadata {k!r} is not an integer")
+    # Level 1: z_c, then y_c through the core channel context.
+    core = self.core_model()
+    t_z = tables_lib.CDFTable.from_dict(tables["core"]["z"])
+    t_y = tables_lib.CDFTable.from_dict(tables["core"]["y"])
+    scale_table = np.asarray(tables["core"]["scale_table"])
+    z_hat = factorized.decompress(t_z, streams["core/z"], want["core/z"])
+    hyper = _hyper_synthesis_host(core)(params["core"], z_hat)
+    core_hat = channel_context.decompress(core.context_model(), params["core"]["context"], t_y,
+                                          scale_table, streams["core/y"], *hyper,
+                                          int(metadata["core/crc"]))
+    # Level 2: y_f through the feature channel context, its hyper inputs from the core latent.
+    _, hf, wf, _ = want["feature/y"]
+    hyper = _prior_host(self.prior_model(), hf, wf)(params["prior"], core_hat)
+    t_f = tables_lib.CDFTable.from_dict(tables["feature"]["y"])
+    feature_hat = channel_context.decompress(
+        self.feature_context_model(), params["feature_context"], t_f,
+        np.asarray(tables["feature"]["scale_table"]), streams["feature/y"], *hyper,
+        int(metadata["feature/crc"]))
+    out = _synthesize_jit(self, sizes)(params, feature_hat, core_hat)
+    return jax.tree.map(np.asarray, out)
+
+
+@functools.lru_cache(maxsize=64)
+def _hyper_synthesis_host(core: HyperpriorModel) -> determinism.HostFunction:
+  """h_s of the core level in the deterministic float64 host path (as `HyperpriorModel.encode`)."""
+  return determinism.HostFunction(lambda p, z: core.apply(
+      {"params": p}, z, method=HyperpriorModel.hyper_synthesis))
+
+
+@functools.lru_cache(maxsize=64)
+def _prior_host(prior: CorePrior, h: int, w: int) -> determinism.HostFunction:
+  """(H4) in the deterministic float64 host path: it sets the feature latent's entropy indexes."""
+  return determinism.HostFunction(lambda p, c: prior.apply({"params": p}, c, h, w))
+
+
+@functools.lru_cache(maxsize=64)
+def _synthesize_jit(module: HSCCodec, sizes: tuple[tuple[int, int], ...]):
+  return jax.jit(lambda p, f, c: module.apply({"params": p}, f, c, sizes,
+                                              method=HSCCodec.synthesize))
