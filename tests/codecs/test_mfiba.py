@@ -1,0 +1,262 @@
+"""MFIBA codec: shapes, importance and gains, round trip, allocation in the bitstream, weighted
+loss, train step, configs, and the task loss-rate model / bit allocation."""
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import mfiba as mfiba_config
+from hssc_jax import bitstream
+from hssc_jax import errors
+from hssc_jax import train_lib
+from hssc_jax.codecs import mfiba
+from hssc_jax.codecs import registry
+from hssc_jax.codecs.mfiba import MFIBACodec
+from hssc_jax.training import loss as loss_lib
+
+_spec = importlib.util.spec_from_file_location("codec_checks", Path(__file__).with_name("codec_checks.py"))
+checks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(checks)
+
+SMALL = dict(channels=(16, 32, 64), latent_channels=16, hidden_channels=16, hyper_channels=8,
+             stages=1, hyper_stages=1, mfip_channels=8)
+SCALES = ("p3", "p4", "p5")
+
+
+def _perturb(variables, seed=0):
+  """MFIP starts uniform (zero last layer); give it a non-trivial, image-dependent allocation."""
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(np.asarray, variables["params"])
+  k = params["mfip"]["Dense_1"]["kernel"]
+  params["mfip"]["Dense_1"]["kernel"] = (rng.normal(size=k.shape) * 2).astype(np.float32)
+  params["log_gain_offset"] = np.array([0.6, -0.4, 0.1], np.float32)
+  return {"params": params}
+
+
+@pytest.fixture(scope="module")
+def model():
+  codec = MFIBACodec(**SMALL)
+  feats = checks.pyramid(batch=2)
+  fresh = checks.init(codec, feats)
+  return codec, _perturb(fresh), feats, fresh
+
+
+def test_forward_importance_gains_and_weights(model):
+  codec, variables, feats, fresh = model
+  out = checks.check_forward(codec, variables, feats)
+  assert set(out["bits"]) == {f"{s}/{k}" for s in SCALES for k in ("y", "z")}
+  w, g, idx = (np.asarray(out[k]) for k in ("importance", "gains", "gain_indexes"))
+  assert w.shape == g.shape == idx.shape == (2, 3)
+  np.testing.assert_allclose(w.sum(axis=1), 3.0, rtol=1e-5)  # uniform importance = 1 per scale
+  assert np.ptp(w) > 0.1 and not np.array_equal(idx[0], idx[1])  # per image, per scale
+  table, _ = codec.gains
+  np.testing.assert_array_equal(g, table[idx])  # the 8-bit table gains, forward
+  assert np.all((g >= 1 / 4 - 1e-6) & (g <= 4 + 1e-6)) and np.all(idx < 256)
+  for i, s in enumerate(SCALES):
+    np.testing.assert_array_equal(out["distortion_weights"][s], w[:, i])
+  # Untrained MFIP: uniform importance, unit gains (the base codec).
+  for a in codec.allocation(fresh["params"], feats).values():
+    np.testing.assert_allclose(a["importance"], 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(a["gain"], 1.0)
+
+
+def test_round_trip_allocation_in_bitstream_and_bad_inputs(model):
+  codec, variables, feats, _ = model
+  one = {s: a[:1] for s, a in feats.items()}
+  # Equal to the evaluation-mode reconstruction up to the last float32 bit (the float64 host
+  # means of the hyperprior); decoding twice is bit-identical.
+  params, tables, data, ev = checks.check_round_trip(codec, variables, one, atol=1e-6)
+  c = bitstream.unpack(data)
+  assert set(c.streams) == {f"{s}/{k}" for s in SCALES for k in ("y", "z")}
+  assert c.metadata["allocation"] == np.asarray(ev["gain_indexes"])[0].tolist()
+  shown = codec.read_allocation(data)
+  alloc = codec.allocation(params, one)
+  table, _ = codec.gains
+  for i, s in enumerate(SCALES):
+    assert shown[s]["index"] == int(alloc[s]["index"][0]) == c.metadata["allocation"][i]
+    assert shown[s]["gain"] == float(table[shown[s]["index"]]) == float(alloc[s]["gain"][0])
+    np.testing.assert_allclose(alloc[s]["importance"], np.asarray(ev["importance"])[:, i])
+  checks.check_bad_input(codec, params, tables, data, one)
+  # A malformed allocation (with a valid checksum and fingerprint) is refused clearly.
+  for bad in ([1, 2], [0, 0, 300], [0, 0, "a"], None):
+    meta = dict(c.metadata, allocation=bad)
+    forged = bitstream.pack(bitstream.Container(c.codec_id, c.fingerprint, c.image_size, c.shapes,
+                                                c.streams, meta))
+    with pytest.raises(errors.CorruptBitstreamError, match="allocation"):
+      codec.decompress(params, tables, forged)
+  with pytest.raises(errors.CorruptBitstreamError, match="allocation"):
+    meta = {k: v for k, v in c.metadata.items() if k != "allocation"}
+    codec.decompress(params, tables, bitstream.pack(bitstream.Container(
+        c.codec_id, c.fingerprint, c.image_size, c.shapes, c.streams, meta)))
+
+
+def test_explicit_gains_set_the_rate_per_scale(model):
+  codec, variables, feats, _ = model
+  params = variables["params"]
+  one = {s: a[:1] for s, a in feats.items()}
+  tables = codec.build_tables(params)
+  sizes = {}
+  for g in (0.25, 1.0, 4.0):
+    data = codec.compress_with_gains(params, tables, one, (320, 320), {s: g for s in SCALES})
+    shown = codec.read_allocation(data).values()
+    assert all(v["gain"] == pytest.approx(g, rel=1e-6) for v in shown)
+    c = bitstream.unpack(data)
+    sizes[g] = {s: c.stream_bits[f"{s}/y"] for s in SCALES}
+    dec = codec.decompress(params, tables, data)
+    assert all(np.all(np.isfinite(dec[s])) for s in SCALES)
+  for s in SCALES:  # a larger gain (finer quantization) costs more bits on that scale
+    assert sizes[0.25][s] < sizes[1.0][s] < sizes[4.0][s], (s, sizes)
+  with pytest.raises(errors.InvalidInputError, match="outside"):
+    codec.compress_with_gains(params, tables, one, (320, 320), {"p3": 9.0, "p4": 1.0, "p5": 1.0})
+  with pytest.raises(errors.InvalidInputError, match="gains must map"):
+    codec.compress_with_gains(params, tables, one, (320, 320), {"p3": 1.0})
+  with pytest.raises(errors.ModelMismatchError):
+    registry.codec_class("hyperprior")(channels=(16, 32, 64)).decompress(params, tables, data)
+
+
+def test_weighted_distortion_in_the_loss():
+  rng = np.random.default_rng(0)
+  f = {s: jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32) for s in ("p3", "p4")}
+  fh = {s: v + jnp.asarray(rng.normal(size=v.shape) * (i + 1), jnp.float32)
+        for i, (s, v) in enumerate(f.items())}
+  bits = {"p3/y": jnp.array([10.0, 20.0])}
+  sw = {"p3": 1.0, "p4": 0.5}
+  plain, m0 = loss_lib.rate_distortion({"features_hat": fh, "bits": bits}, f, 16.0, 2.0, sw)
+  ones = {s: jnp.ones(2) for s in f}
+  same, m1 = loss_lib.rate_distortion({"features_hat": fh, "bits": bits,
+                                       "distortion_weights": ones}, f, 16.0, 2.0, sw)
+  np.testing.assert_allclose(same, plain, rtol=1e-6)
+  w = {"p3": jnp.array([2.0, 0.0]), "p4": jnp.array([0.5, 1.5])}
+  got, m2 = loss_lib.rate_distortion({"features_hat": fh, "bits": bits, "distortion_weights": w},
+                                     f, 16.0, 2.0, sw)
+  per = {s: np.mean(np.square(np.asarray(fh[s] - f[s])).reshape(2, -1), axis=1) for s in f}
+  want_d = np.mean(2 * per["p3"] * 1.0 * np.array([1.0, 0.0])) + np.mean(
+      0.5 * per["p4"] * np.array([0.5, 1.5]))
+  np.testing.assert_allclose(m2["mse_weighted"], want_d, rtol=1e-5)
+  np.testing.assert_allclose(got, m0["bpp"] + 2.0 * want_d, rtol=1e-5)
+  np.testing.assert_allclose(m2["mse"], m0["mse"], rtol=1e-6)  # the plain MSE metric is kept
+  assert float(m2["distortion_weight/p4"]) == pytest.approx(1.0)
+
+
+def test_one_train_step_reaches_mfip_and_gains():
+  # Two scales (faster to compile); the coarsest map is 2x2, so MFIP pools a 1x1 map there.
+  codec = MFIBACodec(**{**SMALL, "channels": (16, 32)}, scales=("p3", "p4"))
+  rng = np.random.default_rng(3)
+  feats = {"p3": rng.normal(size=(2, 4, 4, 16)).astype(np.float32),
+           "p4": rng.normal(size=(2, 2, 2, 32)).astype(np.float32)}
+  params = checks.init(codec, feats)["params"]
+  tx = optax.adam(1e-2)
+  step = jax.jit(train_lib.make_train_step(codec, tx, jax.random.PRNGKey(0), 2.0,
+                                           {"p3": 1.0, "p4": 1.0}))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  batch = {"features": feats, "pixels": jnp.float32(320 * 320)}
+  new, metrics = step(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["bpp"]) > 0
+  assert "mse_weighted" in metrics and "distortion_weight/p3" in metrics
+  assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(new["params"]))
+  moved = lambda a, b: float(jnp.max(jnp.abs(a - b))) > 0
+  assert moved(new["params"]["log_gain_offset"], params["log_gain_offset"])
+  assert moved(new["params"]["mfip"]["Dense_1"]["kernel"], params["mfip"]["Dense_1"]["kernel"])
+
+
+def test_config_errors():
+  feats = checks.pyramid()
+  for kw, match in ((dict(gain_range=1.0), "gain_range"), (dict(gain_levels=300), "gain_levels"),
+                    (dict(importance_exponent=-1.0), "importance_exponent"),
+                    (dict(mfip_channels=0), "mfip_channels"),
+                    (dict(train_quantization="dither"), "train_quantization"),
+                    (dict(channels=(16, 32)), "channel counts")):
+    with pytest.raises(errors.ConfigError, match=match):
+      checks.init(MFIBACodec(**{**SMALL, **kw}), feats)
+
+
+def test_configs_and_registry():
+  for arg in ("smoke", "", "context,exponent=0,gain_range=2"):
+    config = mfiba_config.get_config(arg)
+    assert config.codec.name == "mfiba" and config.loss.lmbda == 2.0
+    codec = registry.build_codec("mfiba", config.codec.kwargs, SCALES, (32, 48, 64))
+    assert isinstance(codec, MFIBACodec)
+  assert mfiba_config.get_config("smoke").codec.kwargs.mfip_channels == 8
+  kw = mfiba_config.get_config("").codec.kwargs
+  assert tuple(kw.latent_channels) == (64, 96, 128) and kw.gain_range == 4.0
+  assert codec.importance_exponent == 0 and codec.gain_range == 2 and codec.context_slices == 4
+  assert len(mfiba_config.get_sweep()) == 4
+
+
+# ---- task loss-rate model and bit allocation ---------------------------------------------------
+
+def test_fit_rate_task_model_recovers_parameters():
+  r = np.linspace(0.05, 1.5, 9)
+  t = 0.8 * np.exp(-2.5 * r) + 0.1
+  m = mfiba.fit_rate_task_model(r, t)
+  assert (m.a, m.b, m.c) == pytest.approx((0.8, 2.5, 0.1), rel=1e-3)
+  noisy = t + np.random.default_rng(0).normal(size=t.shape) * 1e-3
+  m2 = mfiba.fit_rate_task_model(r, noisy)
+  assert m2.b == pytest.approx(2.5, rel=0.15)
+  with pytest.raises(errors.InvalidInputError, match="points"):
+    mfiba.fit_rate_task_model(r[:2], t[:2])
+  with pytest.raises(errors.InvalidInputError, match="NaN"):
+    mfiba.fit_rate_task_model(r, np.where(r > 1, np.nan, t))
+
+
+def test_allocate_follows_importance_and_kkt():
+  same = {s: mfiba.TaskRateModel(1.0, 2.0, 0.0) for s in SCALES}
+  eq = mfiba.allocate(same, [1.0, 1.0, 1.0], 0.9)
+  assert list(eq.values()) == pytest.approx([0.3, 0.3, 0.3], abs=1e-9)
+  r = mfiba.allocate(same, {"p3": 2.0, "p4": 0.7, "p5": 0.3}, 0.9)
+  assert sum(r.values()) == pytest.approx(0.9) and r["p3"] > r["p4"] > r["p5"] >= 0
+  # Interior solution: equal marginal weighted task-loss reduction w_s a_s b_s exp(-b_s R_s).
+  models = {"p3": mfiba.TaskRateModel(1.0, 3.0, 0.1), "p4": mfiba.TaskRateModel(0.5, 1.0, 0.0),
+            "p5": mfiba.TaskRateModel(2.0, 2.0, 0.2)}
+  w = {"p3": 1.2, "p4": 1.0, "p5": 0.8}
+  r = mfiba.allocate(models, w, 2.0)
+  assert all(v > 0 for v in r.values()) and sum(r.values()) == pytest.approx(2.0)
+  marg = [w[s] * models[s].slope(r[s]) for s in SCALES]
+  assert marg == pytest.approx([marg[0]] * 3, rel=1e-6)
+  # Better than nearby feasible allocations.
+  cost = lambda x: sum(w[s] * models[s](x[s]) for s in SCALES)
+  for d in (0.05, -0.05):
+    assert cost(r) <= cost(dict(r, p3=r["p3"] + d, p4=r["p4"] - d)) + 1e-12
+  # A tiny budget goes where the marginal gain is largest; the others get exactly 0.
+  small = mfiba.allocate(same, [3.0, 1.0, 1.0], 0.1)
+  assert small["p3"] == pytest.approx(0.1) and small["p4"] == small["p5"] == 0.0
+  assert mfiba.allocate(same, [1, 1, 1], 0.0) == {s: 0.0 for s in SCALES}
+  with pytest.raises(errors.InvalidInputError):
+    mfiba.allocate(same, [1.0, 1.0], 1.0)
+  with pytest.raises(errors.InvalidInputError):
+    mfiba.allocate(same, [1.0, 1.0, 1.0], -1.0)
+
+
+def test_rate_gain_model():
+  g = np.array([0.25, 0.5, 1.0, 2.0, 4.0])
+  m = mfiba.fit_rate_gain_model(g, 0.3 + 0.1 * np.log2(g))
+  assert (m.p, m.q) == pytest.approx((0.3, 0.1))
+  assert m.gain(0.4) == pytest.approx(2.0) and m.gain(5.0, gain_range=4.0) == 4.0
+  with pytest.raises(errors.InvalidInputError, match="grow"):
+    mfiba.fit_rate_gain_model(g, 1 - 0.1 * np.log2(g))
+
+
+@pytest.mark.slow
+def test_smoke_config_trains(tmp_path):
+  config = mfiba_config.get_config("smoke")
+  with config.unlocked():
+    config.steps, config.progress = 2, False
+  metrics = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(metrics["loss"]) and metrics["bpp"] > 0
+  assert {f"distortion_weight/{s}" for s in ("p3", "p4", "p5")} <= set(metrics)
+  codec, params, tables, run = train_lib.load_codec(tmp_path)
+  assert run["codec"] == "mfiba" and isinstance(codec, MFIBACodec)
+  rng = np.random.default_rng(0)
+  feats = {s: rng.normal(size=(1, 16 >> i, 16 >> i, c)).astype(np.float32)
+           for i, (s, c) in enumerate(zip(run["scales"], run["channels"]))}
+  data = codec.compress(params, tables, feats, (128, 128))
+  out = codec.decompress(params, tables, data)
+  ev = jax.jit(lambda p, f: codec.apply({"params": p}, f, False))(params, feats)
+  assert bitstream.unpack(data).metadata["allocation"] == np.asarray(ev["gain_indexes"])[0].tolist()
+  for s in feats:
+    np.testing.assert_allclose(out[s], ev["features_hat"][s], atol=1e-6, rtol=0)
