@@ -2,7 +2,8 @@
 
 Modes:
   detector   the detector alone, no codec (`detector_eval.evaluate_detector`).
-Codec modes (rate-distortion points, CSV/JSON, plots, BD-rate tables) are added in `_MODES`.
+  codecs     operating points of learned codecs and anchors from real bitstreams: mAP vs bpp,
+             feature MSE/PSNR, times, CSV/JSON, RD plot, BD-rate (`codec_eval.evaluate_codecs`).
 """
 
 import os
@@ -18,9 +19,15 @@ def _detector(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
   return detector_eval.evaluate_detector(config, workdir)
 
 
-# mode -> function(config, workdir). Codec evaluation modes go here.
+def _codecs(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Any:
+  from hssc_jax import codec_eval  # pylint: disable=g-import-not-at-top
+  return codec_eval.evaluate_codecs(config, workdir)
+
+
+# mode -> function(config, workdir).
 _MODES: dict[str, Callable[[ml_collections.ConfigDict, str | os.PathLike], Any]] = {
     "detector": _detector,
+    "codecs": _codecs,
 }
 
 
