@@ -1,10 +1,10 @@
-"""`make demo`: a small real end-to-end run that needs nothing but the repository.
+"""A small real entropy-coding run that needs nothing but the repository.
 
 Entropy-coding demo: fit a factorized prior to structured latents by gradient descent, build its
 integer CDF tables, write a real range-coded bitstream in the hssc_jax container, decode it, check it
 is exact, and compare the real size with the model's estimate.
 
-  python -m hssc_jax.demo --workdir demo_out
+  python -m hssc_jax.entropy_demo --workdir demo_out/entropy
 """
 
 import argparse
