@@ -1,0 +1,330 @@
+"""Faster R-CNN ResNet-FPN backbone weights from torchvision or detectron2 -> `resnet_fpn` params.
+
+torchvision (`fasterrcnn_resnet50_fpn` and friends, a `state_dict` saved with `torch.save`):
+
+```
+backbone.body.conv1.weight (O, I, kh, kw)        -> body/conv1/kernel (kh, kw, I, O)
+backbone.body.bn1.{weight,bias,running_mean,running_var}
+                                                 -> body/bn1/{scale,bias,mean,var}
+backbone.body.layer{k}.{j}.conv{m}.weight        -> body/layer{k}_{j}/conv{m}/kernel
+backbone.body.layer{k}.{j}.bn{m}.*               -> body/layer{k}_{j}/bn{m}/*
+backbone.body.layer{k}.0.downsample.{0,1}.*      -> body/layer{k}_0/downsample_{0,1}/*
+backbone.fpn.inner_blocks.{i}.0.{weight,bias}    -> fpn/inner_blocks_{i}/{kernel,bias}
+backbone.fpn.layer_blocks.{i}.0.{weight,bias}    -> fpn/layer_blocks_{i}/{kernel,bias}
+```
+Checkpoints of torchvision < 0.13 name the FPN convs `inner_blocks.{i}.weight` (no `.0`): both
+are accepted. `num_batches_tracked` buffers are ignored; keys outside `backbone.` (RPN, box
+head) are left for the later stages and not checked here.
+
+detectron2 (model-zoo `model_final_*.pkl`: a plain pickle of `{"model": {name: numpy array}}`):
+
+```
+backbone.bottom_up.stem.conv1.weight / .norm.*   -> body/conv1, body/bn1
+backbone.bottom_up.res{k+1}.{j}.conv{m}.weight / .norm.*
+                                                 -> body/layer{k}_{j}/conv{m}, bn{m}
+backbone.bottom_up.res{k+1}.0.shortcut.weight / .norm.*
+                                                 -> body/layer{k}_0/downsample_0, downsample_1
+backbone.fpn_lateral{i+2}.{weight,bias}          -> fpn/inner_blocks_{i}
+backbone.fpn_output{i+2}.{weight,bias}           -> fpn/layer_blocks_{i}
+```
+detectron2 names are renamed to torchvision's and converted by the same code, so both follow the
+one mapping documented in `resnet_fpn`. Note that detectron2's MSRA R-50/R-101 weights need
+`backbone_features(..., stride_in_1x1=True)` and BGR input in [0, 255] minus its pixel mean
+(the weights alone cannot tell). `.pkl` files are read with a restricted unpickler (numpy arrays,
+dicts, lists and scalars only; no torch); `.pth` files need torch.
+"""
+
+import pickle
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from flax import traverse_util
+
+from hssc_jax import errors
+from hssc_jax.detectors import resnet_fpn
+
+PREFIX = "backbone."
+_LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
+         "var": "running_var"}
+
+
+def _torch_keys(path: tuple[str, ...]) -> list[str]:
+  """Flax params path -> accepted torchvision keys (first is the current naming)."""
+  *mods, leaf = path
+  parts = []
+  for m in mods:
+    match = re.fullmatch(r"(layer\d|downsample|inner_blocks|layer_blocks)_(\d+)", m)
+    parts += [match.group(1), match.group(2)] if match else [m]
+  name = ".".join(parts)
+  keys = [f"{PREFIX}{name}.{_LEAF[leaf]}"]
+  if mods[0] == "fpn":
+    keys = [f"{PREFIX}{name}.0.{_LEAF[leaf]}", f"{PREFIX}{name}.{_LEAF[leaf]}"]
+  return keys
+
+
+def _as_numpy(value: Any, key: str) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch tensor handed over directly
+    value = value.detach().cpu().numpy()
+  try:
+    arr = np.asarray(value)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.CheckpointError(f"{key}: not an array ({type(value).__name__})") from e
+  if arr.dtype.kind not in "fiu":
+    raise errors.CheckpointError(f"{key}: expected a numeric array, found dtype {arr.dtype}")
+  return arr
+
+
+def infer_arch(state_dict: Mapping[str, Any]) -> str:
+  """Backbone name from a torchvision-named state_dict (block counts, grouped 3x3 kernels)."""
+  blocks = []
+  for k in range(1, 5):
+    idx = {int(m.group(1)) for key in state_dict
+           if (m := re.match(rf"{re.escape(PREFIX)}body\.layer{k}\.(\d+)\.", key))}
+    blocks.append(max(idx) + 1 if idx else 0)
+  key = f"{PREFIX}body.layer1.0.conv2.weight"
+  if key not in state_dict:
+    raise errors.CheckpointError(f"not a ResNet-FPN backbone: {key} is missing")
+  shape = np.shape(state_dict[key])
+  if len(shape) != 4 or shape[1] == 0 or shape[0] % shape[1]:
+    raise errors.CheckpointError(
+        f"{key} has shape {shape}, not a (width, width / groups, 3, 3) kernel")
+  groups = shape[0] // shape[1]
+  found = (tuple(blocks), groups, shape[0] // groups)
+  for name, arch in resnet_fpn.ARCHS.items():
+    if arch == found:
+      return name
+  raise errors.CheckpointError(
+      f"backbone with blocks {found[0]}, groups {groups}, width per group {found[2]} is none of "
+      f"{sorted(resnet_fpn.ARCHS)}")
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], arch: str | None = None,
+                       source_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+  """torchvision-named state_dict (numpy arrays or tensors) -> `resnet_fpn` params (float32 numpy).
+
+  Args:
+    state_dict: a FasterRCNN (keys `backbone.*`) or `BackboneWithFPN` (keys `body.*`, `fpn.*`)
+      state_dict.
+    arch: a `resnet_fpn.ARCHS` name, or None to infer it from the keys and shapes.
+    source_names: torchvision key -> original key, used in error messages (detectron2 files).
+
+  Raises:
+    CheckpointError: a tensor is missing, has the wrong shape, is not finite, or a `backbone.*`
+      tensor is not used by the architecture.
+  """
+  if not isinstance(state_dict, Mapping):
+    raise errors.CheckpointError(
+        f"expected a state_dict mapping, found {type(state_dict).__name__}")
+  if not any(k.startswith(PREFIX) for k in state_dict) and any(
+      k.startswith(("body.", "fpn.")) for k in state_dict):
+    state_dict = {PREFIX + k: v for k, v in state_dict.items()}
+  source_names = source_names or {}
+  shown = lambda k: f"{k} (from {source_names[k]})" if k in source_names else k
+  arch = arch or infer_arch(state_dict)
+  abstract = traverse_util.flatten_dict(resnet_fpn.abstract_params(arch))
+  where = lambda path: f"for {'/'.join(path)} of a {arch} FPN backbone"
+  sources = {}
+  for path, spec in abstract.items():  # names and shapes first: errors come before any copying
+    keys = _torch_keys(path)
+    key = next((k for k in keys if k in state_dict), None)
+    if key is None:
+      raise errors.CheckpointError(f"state_dict lacks {keys[0]} ({where(path)})")
+    shape = np.shape(state_dict[key])
+    if path[-1] == "kernel":
+      if len(shape) != 4:
+        raise errors.CheckpointError(f"{shown(key)} has shape {shape}, expected a 4-d OIHW kernel")
+      shape = (shape[2], shape[3], shape[1], shape[0])
+    if tuple(shape) != spec.shape:
+      raise errors.CheckpointError(
+          f"{shown(key)} has shape {tuple(shape)} (after OIHW -> HWIO), expected {spec.shape} "
+          f"{where(path)}")
+    sources[path] = key
+  used = set(sources.values())
+  extra = sorted(k for k in state_dict if k.startswith(PREFIX) and k not in used
+                 and not k.endswith("num_batches_tracked"))
+  if extra:
+    raise errors.CheckpointError(
+        f"state_dict holds backbone tensors a {arch} FPN backbone does not use: "
+        f"{[shown(k) for k in extra[:8]]}")
+  out = {}
+  for path, key in sources.items():
+    value = _as_numpy(state_dict[key], shown(key))
+    if path[-1] == "kernel":
+      value = value.transpose(2, 3, 1, 0)
+    value = np.ascontiguousarray(value, np.float32)
+    if not np.isfinite(value).all():
+      raise errors.CheckpointError(f"{shown(key)} holds NaN or inf")
+    out[path] = value
+  return traverse_util.unflatten_dict(out)
+
+
+def load_torchvision(path: str | Path, arch: str | None = None) -> dict[str, Any]:
+  """A torchvision Faster R-CNN `.pth` (state_dict, or a dict holding one) -> backbone params."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.CheckpointError(f"reading {path} needs torch (pip install torch)") from e
+  path = Path(path)
+  if not path.is_file():
+    raise errors.CheckpointError(f"checkpoint file not found: {path}")
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.CheckpointError(f"torch.load cannot read {path}: {e}") from e
+  for k in ("model", "state_dict"):
+    if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping):
+      obj = obj[k]
+  if not isinstance(obj, Mapping):
+    raise errors.CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+  return convert_state_dict({k: v.numpy() if hasattr(v, "numpy") else v for k, v in obj.items()},
+                            arch)
+
+
+def detectron2_to_torchvision_name(key: str) -> str:
+  """One detectron2 state_dict key -> its torchvision name (non-backbone keys unchanged)."""
+  if m := re.fullmatch(r"backbone\.bottom_up\.stem\.conv1\.weight", key):
+    return "backbone.body.conv1.weight"
+  if m := re.fullmatch(r"backbone\.bottom_up\.stem\.conv1\.norm\.(\w+)", key):
+    return f"backbone.body.bn1.{m.group(1)}"
+  if m := re.fullmatch(r"backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.weight", key):
+    return f"backbone.body.layer{int(m.group(1)) - 1}.{m.group(2)}.conv{m.group(3)}.weight"
+  if m := re.fullmatch(r"backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)", key):
+    return f"backbone.body.layer{int(m.group(1)) - 1}.{m.group(2)}.bn{m.group(3)}.{m.group(4)}"
+  if m := re.fullmatch(r"backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.weight", key):
+    return f"backbone.body.layer{int(m.group(1)) - 1}.{m.group(2)}.downsample.0.weight"
+  if m := re.fullmatch(r"backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.norm\.(\w+)", key):
+    return f"backbone.body.layer{int(m.group(1)) - 1}.{m.group(2)}.downsample.1.{m.group(3)}"
+  if m := re.fullmatch(r"backbone\.fpn_(lateral|output)(\d)\.(weight|bias)", key):
+    kind = "inner_blocks" if m.group(1) == "lateral" else "layer_blocks"
+    return f"backbone.fpn.{kind}.{int(m.group(2)) - 2}.0.{m.group(3)}"
+  return key
+
+
+def convert_detectron2(model: Mapping[str, Any], arch: str | None = None) -> dict[str, Any]:
+  """detectron2-named state_dict (`pkl["model"]`) -> `resnet_fpn` params (see module doc)."""
+  if not isinstance(model, Mapping):
+    raise errors.CheckpointError(f"expected a detectron2 model dict, found {type(model).__name__}")
+  renamed, origin = {}, {}
+  for k, v in model.items():
+    tv = detectron2_to_torchvision_name(k)
+    if tv.startswith(PREFIX) and not k.startswith(("backbone.bottom_up.", "backbone.fpn_")):
+      raise errors.CheckpointError(f"unexpected detectron2 backbone key {k}")
+    if tv in renamed:
+      raise errors.CheckpointError(f"detectron2 keys {origin[tv]} and {k} both map to {tv}")
+    renamed[tv], origin[tv] = v, k
+  if not any(k.startswith(PREFIX) for k in renamed):
+    raise errors.CheckpointError(
+        "no detectron2 backbone keys (backbone.bottom_up.*, backbone.fpn_*)")
+  return convert_state_dict(renamed, arch, source_names=origin)
+
+
+class _Dtype:
+  """`numpy.dtype(spec, align, copy)` in a pickle: plain numeric dtypes only."""
+
+  def __init__(self, spec: Any, *_):
+    self.dtype = np.dtype(str(spec))
+    if self.dtype.hasobject:
+      raise errors.CheckpointError(f"refusing a pickled object dtype {spec!r}")
+
+  def __setstate__(self, state: Any) -> None:
+    if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
+      self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _Array:
+  """Target of `numpy.core.multiarray._reconstruct`, filled by (version, shape, dtype, F, bytes)."""
+
+  def __setstate__(self, state: Any) -> None:
+    if not (isinstance(state, tuple) and len(state) == 5):
+      raise errors.CheckpointError("malformed pickled numpy array")
+    _, shape, dtype, fortran, raw = state
+    if not isinstance(dtype, _Dtype) or not isinstance(raw, (bytes, bytearray)):
+      raise errors.CheckpointError("refusing a pickled numpy array with object or unknown data")
+    if isinstance(raw, bytearray):
+      raw = bytes(raw)
+    self.value = _from_bytes(raw, dtype.dtype, shape, "F" if fortran else "C")
+
+
+def _from_bytes(raw: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarray:
+  shape = tuple(int(s) for s in shape)
+  if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+    raise errors.CheckpointError(f"pickled array of shape {shape} has {len(raw)} bytes")
+  return np.frombuffer(bytes(raw), dtype).reshape(shape, order=order).copy()
+
+
+def _reconstruct(cls: Any, shape: Any, dtype: Any) -> _Array:
+  del shape, dtype
+  if cls is not np.ndarray:
+    raise errors.CheckpointError(f"refusing numpy _reconstruct of {cls!r}")
+  return _Array()
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+  """Protocol-5 numpy array pickles (`numpy.core.numeric._frombuffer`)."""
+  if not isinstance(dtype, _Dtype) or not isinstance(buf, (bytes, bytearray)):
+    raise errors.CheckpointError("refusing a pickled numpy buffer with object or unknown data")
+  return _from_bytes(buf, dtype.dtype, shape, order)
+
+
+def _encode(text: str, encoding: str = "utf-8") -> bytes:
+  if encoding != "latin1":
+    raise errors.CheckpointError(f"refusing _codecs.encode with encoding {encoding!r}")
+  return text.encode("latin1")
+
+
+class _Unpickler(pickle.Unpickler):
+  """Numpy arrays, dicts, lists and scalars only; every other global is refused."""
+
+  ALLOWED = {
+      ("collections", "OrderedDict"): OrderedDict,
+      ("_codecs", "encode"): _encode,
+      ("numpy", "ndarray"): np.ndarray,
+      ("numpy", "dtype"): _Dtype,
+  }
+
+  def find_class(self, module: str, name: str) -> Any:
+    if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+      return _reconstruct
+    if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
+      return _frombuffer
+    if (module, name) in self.ALLOWED:
+      return self.ALLOWED[(module, name)]
+    raise errors.CheckpointError(
+        f"refusing to unpickle global '{module}.{name}': a detectron2 model-zoo .pkl holds only "
+        "numpy arrays and plain containers")
+
+
+def _materialise(obj: Any) -> Any:
+  if isinstance(obj, _Array):
+    return obj.value
+  if isinstance(obj, dict):
+    return type(obj)((k, _materialise(v)) for k, v in obj.items())
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_materialise(v) for v in obj)
+  return obj
+
+
+def load_detectron2_pkl(path: str | Path) -> dict[str, np.ndarray]:
+  """The `"model"` dict of a detectron2 model-zoo `.pkl` (numpy arrays, detectron2 names)."""
+  path = Path(path)
+  if not path.is_file():
+    raise errors.CheckpointError(f"checkpoint file not found: {path}")
+  try:
+    with open(path, "rb") as f:
+      data = _materialise(_Unpickler(f, encoding="latin1").load())
+  except errors.CheckpointError:
+    raise
+  except Exception as e:  # malformed pickle streams raise many different types
+    raise errors.CheckpointError(f"cannot unpickle {path}: {e}") from e
+  model = data.get("model") if isinstance(data, dict) else None
+  if not isinstance(model, dict):
+    raise errors.CheckpointError(f"{path} is not a detectron2 model-zoo pickle (no 'model' dict)")
+  return model
+
+
+def load_detectron2(path: str | Path, arch: str | None = None) -> dict[str, Any]:
+  """A detectron2 model-zoo `.pkl` -> backbone params (see module doc for `stride_in_1x1`)."""
+  return convert_detectron2(load_detectron2_pkl(path), arch)
