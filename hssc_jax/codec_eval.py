@@ -5,7 +5,8 @@ for each operating point (a trained codec workdir, a feature-anchor QP, an image
   image --preprocess--> x --part1 (jit)--> pyramid --compress--> bytes --decompress--> pyramid_hat
         --part2 (jit)--> detections          (image anchor: image --inner codec--> decoded image
                                               --whole detector--> detections)
-  -> mAP@[.5:.95], AP50 (pycocotools), bpp = 8 x len(bytes) / (H x W of the original image),
+  -> mAP@[.5:.95], AP50 (pycocotools), bpp = sum of 8 x len(bytes) / sum of H x W of the original
+     images (the reference anchors' convention; the mean of per-image bpp is kept too),
      feature MSE and PSNR per scale, encode / decode ms per image
 then: results.csv (MPEG-style table), results.json, rd.png, BD-rate / BD-mAP against the anchor
 ```
@@ -159,7 +160,7 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
   part1 = jax.jit(detector.part1)
   part2 = jax.jit(detector.part2)
   cat_ids = list(detector.coco_category_ids)
-  results, ids_all, bits, enc_t, dec_t = [], [], [], [], []
+  results, ids_all, bits, pixels_all, enc_t, dec_t = [], [], [], [], [], []
   stream_bpp: dict[str, list[float]] = {}
   allocations = []
   mse = {s: [] for s in detector.feature_names}
@@ -182,7 +183,8 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
         t2 = time.perf_counter()
         enc_t.append(t1 - t0)
         dec_t.append(t2 - t1)
-        bits.append(8 * len(blob) / float(img.shape[0] * img.shape[1]))
+        bits.append(8 * len(blob))
+        pixels_all.append(float(img.shape[0] * img.shape[1]))
       x, meta = detector.preprocess(_pad_batch(decoded, data.batch_size))
       dets = detect(det_vars, x, meta)
     else:
@@ -203,10 +205,11 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
         enc_t.append(t1 - t0)
         dec_t.append(t2 - t1)
         pixels = float(size[0] * size[1])
-        bits.append(8 * len(blob) / pixels)
+        bits.append(8 * len(blob))
+        pixels_all.append(pixels)
         c = bitstream.unpack(blob)
         for k, b in c.stream_bits.items():
-          stream_bpp.setdefault(k, []).append(b / pixels)
+          stream_bpp.setdefault(k, []).append(b)
         if getattr(coder, "allocation", None) is not None:  # e.g. MFIBA's per-scale gains
           allocations.append({"image_id": ids[i], **coder.allocation(blob)})
         for s in feats:
@@ -221,7 +224,9 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
   metrics = coco.coco_evaluate(data.annotation_path, results, image_ids=ids_all)
   out = dict(method=point.method, point=point.label, kind=point.kind, workdir=point.workdir,
              qp=point.qp, inner=point.inner if point.kind != "learned" else "",
-             bpp=float(np.mean(bits)), mAP=metrics["mAP"], AP50=metrics["AP50"],
+             bpp=float(np.sum(bits) / np.sum(pixels_all)),
+             mean_image_bpp=float(np.mean(np.asarray(bits) / np.asarray(pixels_all))),
+             bytes_per_image=float(np.mean(bits)) / 8, mAP=metrics["mAP"], AP50=metrics["AP50"],
              AP75=metrics["AP75"], encode_ms=1e3 * float(np.mean(enc_t)),
              decode_ms=1e3 * float(np.mean(dec_t)), num_images=len(ids_all), coco=metrics)
   if point.kind != "image_anchor":
@@ -229,7 +234,7 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
       out[f"mse_{s}"] = float(np.mean(mse[s]))
       out[f"psnr_{s}"] = float(np.mean(psnr[s]))
     out["mse"] = float(np.mean([out[f"mse_{s}"] for s in mse]))
-    out["stream_bpp"] = {k: float(np.mean(v)) for k, v in stream_bpp.items()}
+    out["stream_bpp"] = {k: float(np.sum(v) / np.sum(pixels_all)) for k, v in stream_bpp.items()}
     out["header_bpp"] = out["bpp"] - sum(out["stream_bpp"].values())
   if allocations:
     out["allocations"] = allocations
@@ -282,6 +287,18 @@ def evaluate_codecs(config: ml_collections.ConfigDict, workdir: str | os.PathLik
   return write_reports(config, workdir, rows, reference)
 
 
+def format_allocations(allocations: Sequence[dict], max_rows: int = 6) -> str:
+  """Summary (mean / min / max gain per scale) and the first images of a bit-allocation point."""
+  scales = [k for k in allocations[0] if k != "image_id"]
+  gains = {s: np.array([a[s]["gain"] for a in allocations]) for s in scales}
+  lines = ["  " + "  ".join(f"{s}: mean {g.mean():.3f} min {g.min():.3f} max {g.max():.3f}"
+                            for s, g in gains.items())]
+  for a in allocations[:max_rows]:
+    lines.append(f"  image {a['image_id']:>12}: " +
+                 "  ".join(f"{s} {a[s]['gain']:.3f}" for s in scales))
+  return "\n".join(lines)
+
+
 def write_reports(config: ml_collections.ConfigDict, workdir: Path, rows: list[dict],
                   reference: dict) -> dict[str, Any]:
   """results.csv, results.json, rd.png and the printed BD table."""
@@ -299,6 +316,8 @@ def write_reports(config: ml_collections.ConfigDict, workdir: Path, rows: list[d
   report = {"uncompressed": {k: reference.get(k) for k in ("mAP", "AP50", "AP75", "num_images")},
             "anchor_method": anchor_method, "points": rows, "bd": table}
   (workdir / "results.json").write_text(json.dumps(report, indent=1, default=float))
+  (workdir / "results.md").write_text(rd.markdown_table(rows, names) + "\n\n```\n" +
+                                      rd.format_bd_table(table) + "\n```\n")
   print(f"\nuncompressed mAP {reference.get('mAP', math.nan):.4f}  AP50 "
         f"{reference.get('AP50', math.nan):.4f}")
   print(f"{'method':<24} {'point':<18} {'bpp':>8} {'mAP':>7} {'AP50':>7} {'enc ms':>8} "
@@ -306,6 +325,10 @@ def write_reports(config: ml_collections.ConfigDict, workdir: Path, rows: list[d
   for r in rows:
     print(f"{r['method']:<24} {r['point']:<18} {r['bpp']:>8.4f} {r['mAP']:>7.4f} "
           f"{r['AP50']:>7.4f} {r['encode_ms']:>8.1f} {r['decode_ms']:>8.1f}")
+  for r in rows:
+    if r.get("allocations"):
+      print(f"\n{r['method']} {r['point']}: per-image allocation (quantization gain per scale)")
+      print(format_allocations(r["allocations"]))
   print("\n" + rd.format_bd_table(table))
-  print(f"\nwrote {workdir / 'results.csv'}, {workdir / 'results.json'}, {workdir / 'rd.png'}")
+  print(f"\nwrote {workdir / 'results.csv'}, results.json, results.md and rd.png")
   return report

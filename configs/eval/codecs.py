@@ -3,7 +3,7 @@ r"""Rate-accuracy comparison of feature codecs and anchors: `eval.py` mode "code
 Default: YOLOv5n (v6.0 COCO weights) on ../shared/data/coco-mini val2017 (79 images, square 640
 letterbox), every method of the README table: the HEVC feature anchor and image anchor at the QPs
 of ../shared/reference/anchors-coco-mini, and the learned codecs trained by `runs/launch.sh`
-(workdirs `<runs>/<method>_l<lambda>`; methods without a trained workdir are left out, so a partial
+(workdirs `<runs>/<method>_l<lambda>`; methods without a finished run are left out, so a partial
 set of runs still evaluates).
 
   python eval.py --config configs/eval/codecs.py --workdir runs/eval_coco
@@ -53,7 +53,8 @@ def get_config(arg=None):
     names = list(LEARNED) + (["hssc_no_inter", "hssc_no_adaptive"] if arg.ablations else [])
     for name in names:
       workdirs = [str(Path(arg.runs) / f"{name}_l{lm}") for lm in arg.lambdas.split("+")]
-      workdirs = [w for w in workdirs if (Path(w) / "run.json").exists()]
+      # Finished runs only (train.py writes final_metrics.json after the last checkpoint).
+      workdirs = [w for w in workdirs if (Path(w) / "final_metrics.json").exists()]
       if workdirs:
         methods.append(dict(name=name, kind="learned", workdirs=workdirs))
     config.methods = methods

@@ -43,7 +43,7 @@ def get_config(arg=None):
              dict(name="image anchor (HEVC)", kind="image_anchor", qps=list(qi), inner="hevc")]
   for m in filter(None, arg.methods.split("+")):
     workdirs = [str(root / "runs" / f"{m}_l{lm}") for lm in arg.lambdas.split("+")]
-    workdirs = [w for w in workdirs if (Path(w) / "run.json").exists()]
+    workdirs = [w for w in workdirs if (Path(w) / "final_metrics.json").exists()]
     if workdirs:
       methods.append(dict(name=m, kind="learned", workdirs=workdirs))
   c.methods = methods

@@ -95,6 +95,22 @@ def anchor_rate_at(rows: Sequence[Mapping[str, Any]], anchor_method: str, mAP: f
   return float(10 ** PchipInterpolator(acc, np.log10(rate))(x))
 
 
+def markdown_table(rows: Sequence[Mapping[str, Any]], scales: Sequence[str] = ()) -> str:
+  """The points as a markdown table (what the README shows), with per-scale feature MSE and the
+  anchor's rate at the same mAP where it is known."""
+  head = ["method", "point", "bpp", "mAP", "AP50"] + [f"MSE {s}" for s in scales] + [
+      "anchor bpp at same mAP", "enc ms", "dec ms"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+  for r in rows:
+    mse = [f"{r[f'mse_{s}']:.4g}" if f"mse_{s}" in r else "-" for s in scales]
+    ref = r.get("anchor_bpp_at_same_mAP", math.nan)
+    cells = [r["method"], str(r["point"]), f"{r['bpp']:.4f}", f"{r['mAP']:.4f}",
+             f"{r['AP50']:.4f}"] + mse + ["-" if math.isnan(ref) else f"{ref:.4f}",
+                                          f"{r['encode_ms']:.0f}", f"{r['decode_ms']:.0f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]],
               extra: Sequence[str] = ()) -> None:
   """One row per operating point (the shape of the MPEG FCM CTC tables)."""
