@@ -2,9 +2,11 @@
 
   detector, variables = factory.build(config.detector)
 
-config.detector fields: `name` ("shapes_net" | "yolov5"), `weights` (a checkpoint path; "" for the
-default of that detector, "random" for random initialisation, e.g. in smoke tests), `size` (YOLOv5
-n/s/m/l/x), `img_size` (network input side).
+config.detector fields: `name` ("shapes_net" | "yolov5" | "faster_rcnn"), `weights` (a checkpoint
+path; "" for the default of that detector, "random" for random initialisation, e.g. in smoke tests),
+`size` (YOLOv5 n/s/m/l/x), `img_size` (network input side). Faster R-CNN: `weights` a torchvision
+.pth or a detectron2 .pkl, optional `convention` ("torchvision" | "detectron2", default from the
+file suffix), `depth` (50 | 101), see `faster_rcnn.build_from_config`.
 """
 
 import hashlib
@@ -48,6 +50,8 @@ def identity(cfg: Any) -> dict[str, Any]:
   name = _get(cfg, "name")
   ident = {"name": name, "size": _get(cfg, "size"), "img_size": _get(cfg, "img_size"),
            "weights": _get(cfg, "weights", "") or ""}
+  if name == "faster_rcnn":
+    ident.update(convention=_get(cfg, "convention"), depth=_get(cfg, "depth"))
   p = _weights_path(cfg)
   if p is not None and p.is_file():
     ident["weights_sha"] = _file_digest(p)
@@ -70,7 +74,11 @@ def build(cfg: Any) -> tuple[Any, Any]:
   if name == "yolov5":
     from hssc_jax.detectors import yolov5  # pylint: disable=g-import-not-at-top
     return yolov5.build_from_config(cfg)
-  raise errors.ConfigError(f"unknown detector {name!r}; known: 'shapes_net', 'yolov5'")
+  if name == "faster_rcnn":
+    from hssc_jax.detectors import faster_rcnn  # pylint: disable=g-import-not-at-top
+    return faster_rcnn.build_from_config(cfg)
+  raise errors.ConfigError(
+      f"unknown detector {name!r}; known: 'shapes_net', 'yolov5', 'faster_rcnn'")
 
 
 def feature_channels(detector: Any, variables: Any = None) -> list[int]:

@@ -328,3 +328,140 @@ def load_detectron2_pkl(path: str | Path) -> dict[str, np.ndarray]:
 def load_detectron2(path: str | Path, arch: str | None = None) -> dict[str, Any]:
   """A detectron2 model-zoo `.pkl` -> backbone params (see module doc for `stride_in_1x1`)."""
   return convert_detectron2(load_detectron2_pkl(path), arch)
+
+
+# ------------------------------------------------------------------ RPN and box head (stage 2)
+#
+# torchvision                                   -> `faster_rcnn` params
+# rpn.head.conv.0.0.{weight,bias} (or rpn.head.conv.{weight,bias}, torchvision < 0.13)
+#                                               -> rpn/conv/{kernel (3, 3, 256, 256), bias}
+# rpn.head.cls_logits.*  (A, 256, 1, 1)          -> rpn/cls_logits/*
+# rpn.head.bbox_pred.*   (4A, 256, 1, 1)         -> rpn/bbox_pred/*
+# roi_heads.box_head.fc6.* (1024, 256 * 7 * 7)   -> roi_heads/fc6/{kernel (7 * 7 * 256, 1024), bias}
+#   torchvision flattens the pooled (C, 7, 7) map; the port flattens NHWC (7, 7, C): rows permuted
+# roi_heads.box_head.fc7.*                       -> roi_heads/fc7/*
+# roi_heads.box_predictor.cls_score.* (K, 1024)  -> roi_heads/cls_score/* (K = 91, background 0)
+# roi_heads.box_predictor.bbox_pred.* (4K, 1024) -> roi_heads/bbox_pred/*
+# detectron2: proposal_generator.rpn_head.{conv, objectness_logits, anchor_deltas},
+#   roi_heads.box_head.{fc1, fc2}, roi_heads.box_predictor.{cls_score (81, background LAST),
+#   bbox_pred (80 * 4)} are renamed to the torchvision names above.
+
+_D2_HEADS = (
+    (r"proposal_generator\.rpn_head\.conv\.", "rpn.head.conv."),
+    (r"proposal_generator\.rpn_head\.objectness_logits\.", "rpn.head.cls_logits."),
+    (r"proposal_generator\.rpn_head\.anchor_deltas\.", "rpn.head.bbox_pred."),
+    (r"roi_heads\.box_head\.fc1\.", "roi_heads.box_head.fc6."),
+    (r"roi_heads\.box_head\.fc2\.", "roi_heads.box_head.fc7."),
+)
+
+
+def _get(state_dict: Mapping[str, Any], keys: list[str], shown) -> tuple[str, np.ndarray]:
+  key = next((k for k in keys if k in state_dict), None)
+  if key is None:
+    raise errors.CheckpointError(f"state_dict lacks {keys[0]} (needed by the Faster R-CNN heads)")
+  value = np.ascontiguousarray(_as_numpy(state_dict[key], shown(key)), np.float32)
+  if not np.isfinite(value).all():
+    raise errors.CheckpointError(f"{shown(key)} holds NaN or inf")
+  return key, value
+
+
+def _expect(key: str, value: np.ndarray, shape: tuple[int | None, ...], shown) -> None:
+  if len(value.shape) != len(shape) or any(s is not None and s != v
+                                           for s, v in zip(shape, value.shape)):
+    want = tuple("*" if s is None else s for s in shape)
+    raise errors.CheckpointError(f"{shown(key)} has shape {value.shape}, expected {want}")
+
+
+def convert_heads(state_dict: Mapping[str, Any], source_names: Mapping[str, str] | None = None,
+                  background_last: bool = False) -> dict[str, Any]:
+  """torchvision-named RPN + box-head tensors -> {"rpn": ..., "roi_heads": ...} (float32 numpy).
+
+  `background_last` (detectron2): cls_score has K = C + 1 rows with background last and bbox_pred
+  4 C rows; otherwise (torchvision) background first and bbox_pred 4 K rows.
+  """
+  source_names = source_names or {}
+  shown = lambda k: f"{k} (from {source_names[k]})" if k in source_names else k
+
+  def conv(prefixes: list[str], shape_oi: tuple[int | None, int | None], k: int):
+    kw, w = _get(state_dict, [p + "weight" for p in prefixes], shown)
+    kb, b = _get(state_dict, [p + "bias" for p in prefixes], shown)
+    _expect(kw, w, shape_oi + (k, k), shown)
+    _expect(kb, b, (w.shape[0],), shown)
+    return {"kernel": np.ascontiguousarray(w.transpose(2, 3, 1, 0)), "bias": b}
+
+  def dense(prefix: str, shape: tuple[int | None, int | None]):
+    kw, w = _get(state_dict, [prefix + "weight"], shown)
+    kb, b = _get(state_dict, [prefix + "bias"], shown)
+    _expect(kw, w, shape, shown)
+    _expect(kb, b, (w.shape[0],), shown)
+    return kw, w, b
+
+  c = resnet_fpn.FPN_CHANNELS
+  rpn = {"conv": conv(["rpn.head.conv.0.0.", "rpn.head.conv."], (c, c), 3),
+         "cls_logits": conv(["rpn.head.cls_logits."], (None, c), 1)}
+  a = rpn["cls_logits"]["bias"].shape[0]
+  rpn["bbox_pred"] = conv(["rpn.head.bbox_pred."], (4 * a, c), 1)
+  _, w6, b6 = dense("roi_heads.box_head.fc6.", (None, c * 49))
+  rep = w6.shape[0]
+  fc6 = w6.reshape(rep, c, 7, 7).transpose(2, 3, 1, 0).reshape(49 * c, rep)
+  _, w7, b7 = dense("roi_heads.box_head.fc7.", (rep, rep))
+  _, wc, bc = dense("roi_heads.box_predictor.cls_score.", (None, rep))
+  k = wc.shape[0]
+  nbox = 4 * (k - 1) if background_last else 4 * k
+  _, wb, bb = dense("roi_heads.box_predictor.bbox_pred.", (nbox, rep))
+  roi = {"fc6": {"kernel": np.ascontiguousarray(fc6), "bias": b6},
+         "fc7": {"kernel": np.ascontiguousarray(w7.T), "bias": b7},
+         "cls_score": {"kernel": np.ascontiguousarray(wc.T), "bias": bc},
+         "bbox_pred": {"kernel": np.ascontiguousarray(wb.T), "bias": bb}}
+  return {"rpn": rpn, "roi_heads": roi}
+
+
+def convert_frcnn_state_dict(state_dict: Mapping[str, Any], arch: str | None = None,
+                             background_last: bool = False) -> dict[str, Any]:
+  """A torchvision FasterRCNN state_dict -> `faster_rcnn` params (backbone, rpn, roi_heads)."""
+  return {"backbone": convert_state_dict(state_dict, arch),
+          **convert_heads(state_dict, background_last=background_last)}
+
+
+def _read_pth(path: str | Path) -> Mapping[str, Any]:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.CheckpointError(f"reading {path} needs torch (pip install torch)") from e
+  path = Path(path)
+  if not path.is_file():
+    raise errors.CheckpointError(f"checkpoint file not found: {path}")
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.CheckpointError(f"torch.load cannot read {path}: {e}") from e
+  for k in ("model", "state_dict"):
+    if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping):
+      obj = obj[k]
+  if not isinstance(obj, Mapping):
+    raise errors.CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+  return {k: v.numpy() if hasattr(v, "numpy") else v for k, v in obj.items()}
+
+
+def load_frcnn_torchvision(path: str | Path, arch: str | None = None) -> dict[str, Any]:
+  """A torchvision Faster R-CNN `.pth` -> full `faster_rcnn` params."""
+  return convert_frcnn_state_dict(_read_pth(path), arch)
+
+
+def convert_frcnn_detectron2(model: Mapping[str, Any], arch: str | None = None
+                             ) -> dict[str, Any]:
+  """detectron2 GeneralizedRCNN state_dict -> full `faster_rcnn` params (81-way predictor)."""
+  backbone = convert_detectron2(model, arch)
+  renamed, origin = {}, {}
+  for k, v in model.items():
+    tv = k
+    for pattern, repl in _D2_HEADS:
+      tv = re.sub("^" + pattern, repl, tv)
+    renamed[tv], origin[tv] = v, k
+  return {"backbone": backbone,
+          **convert_heads(renamed, source_names=origin, background_last=True)}
+
+
+def load_frcnn_detectron2(path: str | Path, arch: str | None = None) -> dict[str, Any]:
+  """A detectron2 model-zoo `.pkl` -> full `faster_rcnn` params."""
+  return convert_frcnn_detectron2(load_detectron2_pkl(path), arch)
