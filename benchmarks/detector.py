@@ -1,7 +1,13 @@
-"""Throughput of the YOLOv5 split detector on CPU: part 1 (edge), part 2 (server) and the whole.
+"""Throughput of the split detectors on CPU: part 1 (edge), part 2 (server) and the whole.
 
   python benchmarks/detector.py [--size n] [--img-size 640] [--batch 1 8] [--repeats 5]
                                 [--weights auto|random|PATH] [--out benchmarks/detector.md]
+  python benchmarks/detector.py --detector faster_rcnn [--arch resnet50] [--hw 800 1216]
+                                [--out benchmarks/detector_faster_rcnn.md]
+
+Faster R-CNN runs with random weights (no COCO-trained ResNet-FPN weights are available here) on a
+noise image of `--hw` pixels (800x1216 needs no resizing and pads to itself), batch 1; random
+weights keep the RPN's 1000 proposals per image, the full workload of part 2.
 
 Everything is `jax.jit`-compiled and warmed up once (compilation excluded); each number is the
 median over `--repeats` runs of images / second. Weights: `auto` uses the shared YOLOv5n v6.0
@@ -61,15 +67,49 @@ def _images(n: int, real: bool, seed: int = 0) -> list[np.ndarray]:
   return [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(n)]
 
 
+def faster_rcnn(args) -> str:
+  from hssc_jax.detectors import faster_rcnn as frcnn  # pylint: disable=g-import-not-at-top
+  det = frcnn.FasterRCNN(arch=args.arch)
+  params = jax.device_put(det.init(jax.random.PRNGKey(0)))
+  img = np.random.default_rng(0).integers(0, 256, (*args.hw, 3), dtype=np.uint8)
+  x, meta = det.preprocess([img])
+  part1, part2, detect = jax.jit(det.part1), jax.jit(det.part2), jax.jit(det.detect)
+  feats = part1(params, x)
+  t1 = _median_seconds(lambda: part1(params, x), args.repeats)
+  t2 = _median_seconds(lambda: part2(params, feats, meta), args.repeats)
+  tf = _median_seconds(lambda: detect(params, x, meta), args.repeats)
+  shapes = ", ".join(f"{k} {tuple(v.shape[1:3])}" for k, v in feats.items())
+  return "\n".join([
+      f"Faster R-CNN {args.arch}-FPN (torchvision convention), random init, one noise image of "
+      f"{args.hw[0]}x{args.hw[1]} (network input {tuple(x.shape[1:3])}; {shapes}); median of "
+      f"{args.repeats} runs after a warm-up.", "",
+      "| batch | part 1: backbone + FPN (img/s) | part 2: RPN + RoI heads (img/s) | "
+      "full detector (img/s) | full (ms/img) |", "|---:|---:|---:|---:|---:|",
+      f"| 1 | {1 / t1:.3f} | {1 / t2:.3f} | {1 / tf:.3f} | {1e3 * tf:.0f} |"])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--detector", default="yolov5", choices=["yolov5", "faster_rcnn"])
+  parser.add_argument("--arch", default="resnet50")
+  parser.add_argument("--hw", type=int, nargs=2, default=[800, 1216])
   parser.add_argument("--size", default="n")
   parser.add_argument("--img-size", type=int, default=640)
   parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--weights", default="auto")
-  parser.add_argument("--out", default=str(REPO / "benchmarks" / "detector.md"))
+  parser.add_argument("--out", default="")
   args = parser.parse_args()
+  command = "python benchmarks/detector.py " + " ".join(sys.argv[1:])
+  if args.detector == "faster_rcnn":
+    out = Path(args.out or REPO / "benchmarks" / "detector_faster_rcnn.md")
+    table = faster_rcnn(args)
+    print(table)
+    out.write_text(f"## Faster R-CNN throughput (CPU)\n\nMachine: {_machine()}\n\n"
+                   f"Command: `{command.strip()}`\n\n{table}\n")
+    print(f"\nwrote {out}")
+    return
+  args.out = args.out or str(REPO / "benchmarks" / "detector.md")
 
   path = yolov5.default_weights(args.size) if args.weights == "auto" else Path(args.weights)
   if args.weights != "random" and path.exists():
@@ -105,7 +145,6 @@ def main():
        for b, p1, p2, f, ms, k in rows]
   table = "\n".join(lines)
   print(table)
-  command = "python benchmarks/detector.py " + " ".join(sys.argv[1:])
   Path(args.out).write_text(
       f"# Detector throughput (CPU)\n\nMachine: {_machine()}\n\nCommand: `{command.strip()}`\n\n"
       f"{table}\n")
