@@ -537,13 +537,43 @@ class FasterRCNN:
     return self.part2(params, self.part1(params, batch), meta)
 
 
+_DERIVED = ("name", "feature_names", "feature_channels")
+
+
+def save(directory: str | os.PathLike, detector: FasterRCNN, params: Any) -> Path:
+  """Writes converted params and the detector's settings as an orbax checkpoint directory
+  (`detectors.checkpoint`), so later loads skip the conversion: `load(directory)`."""
+  from hssc_jax.detectors import checkpoint  # pylint: disable=g-import-not-at-top
+  fields = {f.name: getattr(detector, f.name) for f in dataclasses.fields(detector)
+            if f.name not in _DERIVED}
+  return checkpoint.save(directory, params, {"detector": "faster_rcnn", "fields": fields})
+
+
+def convert(source: str | os.PathLike, directory: str | os.PathLike, **kwargs: Any) -> Path:
+  """A torchvision `.pth` or detectron2 `.pkl` -> an orbax checkpoint directory (see `save`)."""
+  det, params = load(source, **kwargs)
+  return save(directory, det, params)
+
+
 def load(path: str | os.PathLike, convention: str | None = None, **overrides: Any
          ) -> tuple[FasterRCNN, dict[str, Any]]:
-  """(detector, params) from a torchvision `.pth` or a detectron2 model-zoo `.pkl`.
+  """(detector, params) from a torchvision `.pth`, a detectron2 model-zoo `.pkl`, or a directory
+  written by `save` / `convert`.
 
   `convention` defaults to "detectron2" for `.pkl` files and "torchvision" otherwise; for
   detectron2 `stride_in_1x1` defaults to True except for ResNeXt (as its model zoo).
   """
+  if Path(path).expanduser().is_dir():
+    from hssc_jax.detectors import checkpoint  # pylint: disable=g-import-not-at-top
+    params, info = checkpoint.load(Path(path).expanduser())
+    if info.get("detector") != "faster_rcnn":
+      raise errors.CheckpointError(f"{path} holds a {info.get('detector')!r} checkpoint, "
+                                   "not a Faster R-CNN one")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in info["fields"].items()}
+    if convention is not None:
+      fields["convention"] = convention
+    fields.update(overrides)
+    return FasterRCNN(**fields), params
   from hssc_jax.detectors.convert import torchvision_frcnn  # pylint: disable=g-import-not-at-top
   path = Path(path).expanduser()
   if not path.is_file():
@@ -597,8 +627,9 @@ def build_from_config(cfg: Any) -> tuple[FasterRCNN, dict[str, Any]]:
     det = FasterRCNN(convention=convention or "torchvision", arch=arch or "resnet50", **kwargs)
     return det, det.init(jax.random.PRNGKey(0))
   if not weights:
-    raise errors.ConfigError("faster_rcnn needs detector.weights: a torchvision .pth or a "
-                             "detectron2 .pkl checkpoint (or 'random')")
+    raise errors.ConfigError("faster_rcnn needs detector.weights: a torchvision .pth, a "
+                             "detectron2 .pkl, a directory written by faster_rcnn.convert, "
+                             "or 'random'")
   if arch is not None:
     kwargs["arch"] = arch
   return load(weights, convention, **kwargs)

@@ -119,6 +119,21 @@ def test_split_equals_detect_and_shapes(random_detector):
   assert v[:, 2].max() <= 191 and v[:, 3].max() <= 122 and v.min() >= 0  # clipped to 122 x 191
 
 
+def test_orbax_checkpoint_round_trip(random_detector, tmp_path):
+  """Converted params saved as an orbax directory load back identical, settings included."""
+  det, params = random_detector
+  path = faster_rcnn.save(tmp_path / "frcnn", det, params)
+  det2, params2 = faster_rcnn.load(path)
+  assert det2 == det
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(errors.CheckpointError, match="refusing to overwrite"):
+    faster_rcnn.save(path, det, params)
+  (path / "detector.json").write_text('{"detector": "yolov5", "fields": {}}')
+  with pytest.raises(errors.CheckpointError, match="not a Faster R-CNN"):
+    faster_rcnn.load(path)
+
+
 def test_interface_and_errors(random_detector):
   det, params = random_detector
   assert det.num_classes == 90 and list(det.coco_category_ids) == list(range(1, 91))
