@@ -325,6 +325,13 @@ def test_load_torchvision_pth(torch_frcnn, tmp_path):
   assert isinstance(det, faster_rcnn.FasterRCNN)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+  # A maskrcnn_resnet50_fpn state_dict: the box path converts, the mask head is left out.
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  state["roi_heads.mask_head.mask_fcn1.0.weight"] = np.zeros((256, 256, 3, 3), np.float32)
+  state["roi_heads.mask_predictor.mask_fcn_logits.weight"] = np.zeros((91, 256, 1, 1), np.float32)
+  masked = convert.convert_frcnn_state_dict(state)
+  for a, b in zip(jax.tree.leaves(masked), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
