@@ -85,9 +85,9 @@ class HyperpriorModel(nn.Module):
   def synthesis(self, y_hat: jax.Array, height: int, width: int) -> jax.Array:
     return self.g_s(y_hat)[:, :height, :width, :]
 
-  def __call__(self, x: jax.Array, mode: str) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Returns (x_hat, {"y": bits per image, "z": bits per image})."""
-    y, z = self.analysis(x)
+  def entropy(self, y: jax.Array, z: jax.Array, mode: str
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(y_hat, {"y": bits per image, "z": bits per image}) of the analysis outputs (y, z)."""
     z_hat, z_bits = self.entropy_bottleneck(z, mode)
     means, scales = self.hyper_synthesis(z_hat)
     if self.context_slices:
@@ -95,9 +95,13 @@ class HyperpriorModel(nn.Module):
     else:
       rng = self.make_rng("noise") if quantization.needs_rng(mode) else None
       y_hat, y_bits = gaussian.conditional(y, means, scales, mode, rng)
-    x_hat = self.synthesis(y_hat, x.shape[1], x.shape[2])
     per_image = lambda b: b.reshape(b.shape[0], -1).sum(axis=1)
-    return x_hat, {"y": per_image(y_bits), "z": per_image(z_bits)}
+    return y_hat, {"y": per_image(y_bits), "z": per_image(z_bits)}
+
+  def __call__(self, x: jax.Array, mode: str) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (x_hat, {"y": bits per image, "z": bits per image})."""
+    y_hat, bits = self.entropy(*self.analysis(x), mode)
+    return self.synthesis(y_hat, x.shape[1], x.shape[2]), bits
 
   # ---- host side -------------------------------------------------------------------------------
 
@@ -108,13 +112,12 @@ class HyperpriorModel(nn.Module):
             "y": gaussian.build_table(scale_table).to_dict(), "scale_table": scale_table}
 
   @nn.nowrap
-  def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, jit: bool = True
-             ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
-    """Host: codes one tensor. Returns (streams, shapes, metadata, y_hat as decoded)."""
+  def encode_latents(self, params: Any, tables: Mapping[str, Any], y: np.ndarray, z: np.ndarray,
+                     jit: bool = True) -> tuple[dict[str, bytes], int, np.ndarray]:
+    """Host: codes the analysis outputs. Returns (streams, index digest, y_hat as decoded)."""
     t_z = tables_lib.CDFTable.from_dict(tables["z"])
     t_y = tables_lib.CDFTable.from_dict(tables["y"])
     scale_table = np.asarray(tables["scale_table"])
-    y, z = (np.asarray(a) for a in base.jitted_method(self, "analysis")(params, x))
     z_data, z_hat = factorized.compress(t_z, z)
     hyper = _host_method(self, "hyper_synthesis", jit)(params, z_hat)
     if self.context_slices:
@@ -123,15 +126,22 @@ class HyperpriorModel(nn.Module):
     else:
       y_data, y_hat, idx = gaussian.compress(t_y, scale_table, y, *hyper)
       crc = determinism.digest(idx)
-    streams = {"y": y_data, "z": z_data}
+    return {"y": y_data, "z": z_data}, crc, y_hat
+
+  @nn.nowrap
+  def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, jit: bool = True
+             ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
+    """Host: codes one tensor. Returns (streams, shapes, metadata, y_hat as decoded)."""
+    y, z = (np.asarray(a) for a in base.jitted_method(self, "analysis")(params, x))
+    streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit)
     shapes = {"x": x.shape, "y": y.shape, "z": z.shape}
     return streams, shapes, {"crc": crc}, y_hat
 
   @nn.nowrap
-  def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
-             shapes: Mapping[str, tuple], metadata: Mapping[str, Any], jit: bool = True
-             ) -> np.ndarray:
-    """Host: inverse of `encode`."""
+  def decode_latents(self, params: Any, tables: Mapping[str, Any],
+                     streams: Mapping[str, bytes], shapes: Mapping[str, tuple],
+                     metadata: Mapping[str, Any], jit: bool = True) -> np.ndarray:
+    """Host: checks the container entries and decodes y_hat (inverse of `encode_latents`)."""
     base.require(streams, ["y", "z"], "streams")
     base.require(shapes, ["x", "y", "z"], "shapes")
     base.require(metadata, ["crc"], "metadata")
@@ -143,12 +153,20 @@ class HyperpriorModel(nn.Module):
     z_hat = factorized.decompress(t_z, streams["z"], z_shape)
     hyper = _host_method(self, "hyper_synthesis", jit)(params, z_hat)
     if self.context_slices:
-      y_hat = channel_context.decompress(self.context_model(), params["context"], t_y, scale_table,
-                                         streams["y"], *hyper, int(metadata["crc"]), jit=jit)
-    else:
-      means, scales = hyper
-      y_hat = gaussian.decompress(t_y, scale_table, streams["y"], means, scales)
-      determinism.check_digest(int(metadata["crc"]), gaussian.scale_indexes(scales, scale_table))
+      return channel_context.decompress(self.context_model(), params["context"], t_y, scale_table,
+                                        streams["y"], *hyper, int(metadata["crc"]), jit=jit)
+    means, scales = hyper
+    y_hat = gaussian.decompress(t_y, scale_table, streams["y"], means, scales)
+    determinism.check_digest(int(metadata["crc"]), gaussian.scale_indexes(scales, scale_table))
+    return y_hat
+
+  @nn.nowrap
+  def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
+             shapes: Mapping[str, tuple], metadata: Mapping[str, Any], jit: bool = True
+             ) -> np.ndarray:
+    """Host: inverse of `encode`."""
+    y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit)
+    x_shape = tuple(shapes["x"])
     x_hat = base.jitted_method(self, "synthesis", (2, 3))(params, y_hat, x_shape[1], x_shape[2])
     return np.asarray(x_hat)
 

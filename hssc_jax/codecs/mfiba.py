@@ -64,13 +64,8 @@ import scipy.optimize
 from hssc_jax import bitstream
 from hssc_jax import errors
 from hssc_jax.codecs import base
-from hssc_jax.codecs.hyperprior import HyperpriorModel, _host_method, _per_scale
-from hssc_jax.entropy import channel_context
-from hssc_jax.entropy import determinism
-from hssc_jax.entropy import factorized
-from hssc_jax.entropy import gaussian
+from hssc_jax.codecs.hyperprior import HyperpriorModel, _per_scale
 from hssc_jax.entropy import quantization
-from hssc_jax.entropy import tables as tables_lib
 from hssc_jax.layers import conv, pad_to_multiple
 
 
@@ -127,17 +122,8 @@ class GainedHyperpriorModel(HyperpriorModel):
 
   def __call__(self, x: jax.Array, mode: str, gain: jax.Array, inv_gain: jax.Array
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    y, z = self.analysis(x, gain)
-    z_hat, z_bits = self.entropy_bottleneck(z, mode)
-    means, scales = self.hyper_synthesis(z_hat)
-    if self.context_slices:
-      y_hat, y_bits = self.context(y, means, scales, mode)
-    else:
-      rng = self.make_rng("noise") if quantization.needs_rng(mode) else None
-      y_hat, y_bits = gaussian.conditional(y, means, scales, mode, rng)
-    x_hat = self.synthesis(y_hat, inv_gain, x.shape[1], x.shape[2])
-    per_image = lambda b: b.reshape(b.shape[0], -1).sum(axis=1)
-    return x_hat, {"y": per_image(y_bits), "z": per_image(z_bits)}
+    y_hat, bits = self.entropy(*self.analysis(x, gain), mode)
+    return self.synthesis(y_hat, inv_gain, x.shape[1], x.shape[2]), bits
 
   # ---- host side -------------------------------------------------------------------------------
 
@@ -145,42 +131,17 @@ class GainedHyperpriorModel(HyperpriorModel):
   def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, gain: np.ndarray,
              jit: bool = True) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any]]:
     """Host: codes one tensor with gain (1,). Returns (streams, shapes, metadata)."""
-    t_z = tables_lib.CDFTable.from_dict(tables["z"])
-    t_y = tables_lib.CDFTable.from_dict(tables["y"])
-    scale_table = np.asarray(tables["scale_table"])
     y, z = (np.asarray(a) for a in base.jitted_method(self, "analysis")(params, x, gain))
-    z_data, z_hat = factorized.compress(t_z, z)
-    hyper = _host_method(self, "hyper_synthesis", jit)(params, z_hat)
-    if self.context_slices:
-      y_data, _, crc = channel_context.compress(
-          self.context_model(), params["context"], t_y, scale_table, y, *hyper, jit=jit)
-    else:
-      y_data, _, idx = gaussian.compress(t_y, scale_table, y, *hyper)
-      crc = determinism.digest(idx)
-    return ({"y": y_data, "z": z_data}, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc})
+    streams, crc, _ = self.encode_latents(params, tables, y, z, jit)
+    return streams, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc}
 
   @nn.nowrap
   def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
              shapes: Mapping[str, tuple], metadata: Mapping[str, Any], inv_gain: np.ndarray,
              jit: bool = True) -> np.ndarray:
     """Host: inverse of `encode` given the inverse gain (1,) from the bitstream."""
-    base.require(streams, ["y", "z"], "streams")
-    base.require(shapes, ["x", "y", "z"], "shapes")
-    base.require(metadata, ["crc"], "metadata")
-    x_shape, y_shape, z_shape = (tuple(shapes[k]) for k in ("x", "y", "z"))
-    self._check_shapes(x_shape, y_shape, z_shape)
-    t_z = tables_lib.CDFTable.from_dict(tables["z"])
-    t_y = tables_lib.CDFTable.from_dict(tables["y"])
-    scale_table = np.asarray(tables["scale_table"])
-    z_hat = factorized.decompress(t_z, streams["z"], z_shape)
-    hyper = _host_method(self, "hyper_synthesis", jit)(params, z_hat)
-    if self.context_slices:
-      y_hat = channel_context.decompress(self.context_model(), params["context"], t_y, scale_table,
-                                         streams["y"], *hyper, int(metadata["crc"]), jit=jit)
-    else:
-      means, scales = hyper
-      y_hat = gaussian.decompress(t_y, scale_table, streams["y"], means, scales)
-      determinism.check_digest(int(metadata["crc"]), gaussian.scale_indexes(scales, scale_table))
+    y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit)
+    x_shape = tuple(shapes["x"])
     x_hat = base.jitted_method(self, "synthesis", (3, 4))(params, y_hat, inv_gain, x_shape[1],
                                                           x_shape[2])
     return np.asarray(x_hat)
