@@ -163,24 +163,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str | None = None,
 
 def load_torchvision(path: str | Path, arch: str | None = None) -> dict[str, Any]:
   """A torchvision Faster R-CNN `.pth` (state_dict, or a dict holding one) -> backbone params."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise errors.CheckpointError(f"reading {path} needs torch (pip install torch)") from e
-  path = Path(path)
-  if not path.is_file():
-    raise errors.CheckpointError(f"checkpoint file not found: {path}")
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.CheckpointError(f"torch.load cannot read {path}: {e}") from e
-  for k in ("model", "state_dict"):
-    if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping):
-      obj = obj[k]
-  if not isinstance(obj, Mapping):
-    raise errors.CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
-  return convert_state_dict({k: v.numpy() if hasattr(v, "numpy") else v for k, v in obj.items()},
-                            arch)
+  return convert_state_dict(_read_pth(path), arch)
 
 
 def detectron2_to_torchvision_name(key: str) -> str:
