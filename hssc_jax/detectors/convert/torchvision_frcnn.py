@@ -45,6 +45,7 @@ from flax import traverse_util
 
 from hssc_jax import errors
 from hssc_jax.detectors import resnet_fpn
+from hssc_jax.detectors.convert import numpy_pickle
 
 PREFIX = "backbone."
 _LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
@@ -204,75 +205,21 @@ def convert_detectron2(model: Mapping[str, Any], arch: str | None = None) -> dic
   return convert_state_dict(renamed, arch, source_names=origin)
 
 
-class _Dtype:
-  """`numpy.dtype(spec, align, copy)` in a pickle: plain numeric dtypes only."""
-
-  def __init__(self, spec: Any, *_):
-    self.dtype = np.dtype(str(spec))
-    if self.dtype.hasobject:
-      raise errors.CheckpointError(f"refusing a pickled object dtype {spec!r}")
-
-  def __setstate__(self, state: Any) -> None:
-    if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
-      self.dtype = self.dtype.newbyteorder(state[1])
-
-
-class _Array:
-  """Target of `numpy.core.multiarray._reconstruct`, filled by (version, shape, dtype, F, bytes)."""
-
-  def __setstate__(self, state: Any) -> None:
-    if not (isinstance(state, tuple) and len(state) == 5):
-      raise errors.CheckpointError("malformed pickled numpy array")
-    _, shape, dtype, fortran, raw = state
-    if not isinstance(dtype, _Dtype) or not isinstance(raw, (bytes, bytearray)):
-      raise errors.CheckpointError("refusing a pickled numpy array with object or unknown data")
-    if isinstance(raw, bytearray):
-      raw = bytes(raw)
-    self.value = _from_bytes(raw, dtype.dtype, shape, "F" if fortran else "C")
-
-
-def _from_bytes(raw: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarray:
-  shape = tuple(int(s) for s in shape)
-  if len(raw) != int(np.prod(shape)) * dtype.itemsize:
-    raise errors.CheckpointError(f"pickled array of shape {shape} has {len(raw)} bytes")
-  return np.frombuffer(bytes(raw), dtype).reshape(shape, order=order).copy()
-
-
-def _reconstruct(cls: Any, shape: Any, dtype: Any) -> _Array:
-  del shape, dtype
-  if cls is not np.ndarray:
-    raise errors.CheckpointError(f"refusing numpy _reconstruct of {cls!r}")
-  return _Array()
-
-
-def _frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
-  """Protocol-5 numpy array pickles (`numpy.core.numeric._frombuffer`)."""
-  if not isinstance(dtype, _Dtype) or not isinstance(buf, (bytes, bytearray)):
-    raise errors.CheckpointError("refusing a pickled numpy buffer with object or unknown data")
-  return _from_bytes(buf, dtype.dtype, shape, order)
-
-
-def _encode(text: str, encoding: str = "utf-8") -> bytes:
-  if encoding != "latin1":
-    raise errors.CheckpointError(f"refusing _codecs.encode with encoding {encoding!r}")
-  return text.encode("latin1")
-
-
 class _Unpickler(pickle.Unpickler):
   """Numpy arrays, dicts, lists and scalars only; every other global is refused."""
 
   ALLOWED = {
       ("collections", "OrderedDict"): OrderedDict,
-      ("_codecs", "encode"): _encode,
+      ("_codecs", "encode"): numpy_pickle.encode_latin1,
       ("numpy", "ndarray"): np.ndarray,
-      ("numpy", "dtype"): _Dtype,
+      ("numpy", "dtype"): numpy_pickle.Dtype,
   }
 
   def find_class(self, module: str, name: str) -> Any:
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
-      return _reconstruct
+      return numpy_pickle.reconstruct
     if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
-      return _frombuffer
+      return numpy_pickle.frombuffer
     if (module, name) in self.ALLOWED:
       return self.ALLOWED[(module, name)]
     raise errors.CheckpointError(
@@ -281,7 +228,7 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _materialise(obj: Any) -> Any:
-  if isinstance(obj, _Array):
+  if isinstance(obj, numpy_pickle.Array):
     return obj.value
   if isinstance(obj, dict):
     return type(obj)((k, _materialise(v)) for k, v in obj.items())

@@ -39,6 +39,7 @@ import numpy as np
 from flax import traverse_util
 
 from hssc_jax import errors
+from hssc_jax.detectors.convert import numpy_pickle
 
 # Module classes that may appear in a YOLOv5 v6.0 checkpoint; each becomes a `Module` container.
 MODULE_CLASSES = {
@@ -98,42 +99,6 @@ class _StorageType:
     self.name, self.dtype = name, np.dtype(STORAGE_DTYPES[name])
 
 
-class _Dtype:
-  """`numpy.dtype(spec, align, copy)` in a pickle: plain numeric dtypes only."""
-
-  def __init__(self, spec: Any, *_):
-    self.dtype = np.dtype(str(spec))
-    if self.dtype.hasobject:
-      raise errors.CheckpointError(f"refusing a pickled object dtype {spec!r}")
-
-  def __setstate__(self, state: Any) -> None:
-    if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
-      self.dtype = self.dtype.newbyteorder(state[1])
-
-
-class _NumpyArray:
-  """`numpy.core.multiarray._reconstruct` target, rebuilt from (version, shape, dtype, F, bytes)."""
-
-  def __setstate__(self, state: Any) -> None:
-    _, shape, dtype, fortran, raw = state
-    if not isinstance(dtype, _Dtype) or not isinstance(raw, bytes):
-      raise errors.CheckpointError("refusing a pickled numpy array with object or unknown data")
-    self.value = np.frombuffer(raw, dtype.dtype).reshape(shape, order="F" if fortran else "C").copy()
-
-
-def _encode(text: str, encoding: str = "utf-8") -> bytes:
-  if encoding != "latin1":
-    raise errors.CheckpointError(f"refusing _codecs.encode with encoding {encoding!r}")
-  return text.encode("latin1")
-
-
-def _reconstruct(cls: Any, shape: Any, dtype: Any) -> _NumpyArray:
-  del shape, dtype
-  if cls is not np.ndarray:
-    raise errors.CheckpointError(f"refusing numpy _reconstruct of {cls!r}")
-  return _NumpyArray()
-
-
 class _Unpickler(pickle.Unpickler):
   """Restricted unpickler for torch zip checkpoints (see module doc)."""
 
@@ -152,10 +117,10 @@ class _Unpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("builtins", "set"): set, ("__builtin__", "set"): set,
-        ("_codecs", "encode"): _encode,
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("_codecs", "encode"): numpy_pickle.encode_latin1,
+        ("numpy.core.multiarray", "_reconstruct"): numpy_pickle.reconstruct,
         ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): _Dtype,
+        ("numpy", "dtype"): numpy_pickle.Dtype,
     }
     if (module, name) in allowed:
       return allowed[(module, name)]
