@@ -12,7 +12,7 @@ detector-head distillation term). Any field can be overridden on the command lin
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, context=False, lmbda=2.0, steps=100_000, task=0.0)
+DEFAULTS = dict(smoke=False, context=False, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT)
 
 
 def get_config(arg=None):

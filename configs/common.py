@@ -12,8 +12,11 @@ import ml_collections
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HSSC_SHARED", REPO.parent / "shared"))
 
-# lambda values of the standard rate-distortion sweep (feature MSE weight against bits per pixel).
-LAMBDAS = (0.5, 2.0, 8.0, 32.0)
+# lambda values of the standard rate-distortion sweep: the weight of the distortion (mean squared
+# error of per-channel normalized features + TASK_WEIGHT x the object-weighted head distillation,
+# `training.loss`) against bits per pixel. A variable-rate model trains one quality per lambda.
+LAMBDAS = (0.25, 1.0, 4.0, 16.0, 64.0, 256.0)
+TASK_WEIGHT = 100.0
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -31,9 +34,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.ConfigDict:
-  """The common training config around one codec; `arg` holds smoke, lmbda, steps, task."""
+  """The common training config around one codec; `arg` holds smoke, lmbda, steps, task.
+
+  lmbda > 0 trains one model at that lambda; lmbda = 0 (the default) trains one variable-rate
+  model with a quality per lambda of LAMBDAS.
+  """
   c = ml_collections.ConfigDict()
   c.codec = ml_collections.ConfigDict({"name": codec_name, "kwargs": codec_kwargs})
+  c.codec.normalize = True  # per-channel mean/std fitted on the training features (model constants)
+  c.codec.normalize_batches = 64
 
   c.detector = ml_collections.ConfigDict()
   c.detector.name = "yolov5"
@@ -48,9 +57,11 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   ]
   c.data.synthetic_images = 0  # > 0: generate this many shapes images and train on them instead
   c.data.synthetic_size = 128
-  c.data.size = 256
+  # Crops of size x size from images letterboxed as at evaluation (long side f x 640, gray borders).
+  c.data.letterbox = 640
+  c.data.size = 320
   c.data.batch_size = 8
-  c.data.scale_range = (0.8, 1.6)
+  c.data.scale_range = (0.8, 1.05)
   c.data.hflip = True
   c.data.seed = 0
   c.data.data_dir = ""
@@ -59,13 +70,15 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.data.cache_dir = ""
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.lmbda = arg.lmbda
+  c.loss.lmbda = arg.lmbda if arg.lmbda > 0 else LAMBDAS[len(LAMBDAS) // 2]
+  c.loss.lmbdas = () if arg.lmbda > 0 else LAMBDAS
   c.loss.scale_weights = {"p3": 1.0, "p4": 1.0, "p5": 1.0}
   c.loss.task_weight = arg.task
+  c.loss.mixed_fraction = 0.15  # the last 15% of steps: straight-through ("mixed") quantization
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-4
-  c.optim.warmup_steps = 500
+  c.optim.lr = 3e-4
+  c.optim.warmup_steps = 100
   c.optim.schedule = "cosine"
   c.optim.final_lr_fraction = 0.05
   c.optim.clip_norm = 1.0
@@ -74,7 +87,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
 
   c.steps = arg.steps
   c.log_every = 50
-  c.checkpoint_every = 1000
+  c.checkpoint_every = 250
   c.keep_checkpoints = 3
   c.seed = 0
   c.distributed = False
@@ -89,8 +102,10 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
     c.data.synthetic_images = 8
     c.data.synthetic_size = 96
     c.data.size = 64
+    c.data.letterbox = 0
     c.data.batch_size = 2
     c.data.cache_features = False
+    c.codec.normalize_batches = 2
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 2
     c.steps = 6
@@ -101,4 +116,4 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
 
 def sweep(base: dict | None = None) -> list[dict]:
   """One override set per lambda of the standard sweep (big_vision `get_hyper` style)."""
-  return [dict(base or {}, **{"loss.lmbda": lm}) for lm in LAMBDAS]
+  return [dict(base or {}, **{"loss.lmbda": lm, "loss.lmbdas": ()}) for lm in LAMBDAS]

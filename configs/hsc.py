@@ -10,7 +10,7 @@ slice, the entropy parameters come from the hyper inputs alone), lmbda, steps, t
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, context=True, lmbda=2.0, steps=100_000, task=0.0)
+DEFAULTS = dict(smoke=False, context=True, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT)
 
 
 def get_config(arg=None):

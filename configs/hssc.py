@@ -12,14 +12,14 @@ lmbda, steps, task.
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, no_inter=False, no_adaptive=False, context=False, lmbda=2.0,
-                steps=100_000, task=0.0)
+DEFAULTS = dict(smoke=False, no_inter=False, no_adaptive=False, context=False, lmbda=0.0,
+                steps=100_000, task=common.TASK_WEIGHT)
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, **DEFAULTS)
   kwargs = dict(compact_channels=192, transform_channels=128, latent_channels=128,
-                hidden_channels=128, hyper_channels=64, stages=1, hyper_stages=2, transform="gdn",
+                hidden_channels=128, hyper_channels=64, stages=0, hyper_stages=2, transform="gdn",
                 context_slices=4 if arg.context else 0, context_hidden=(96, 64),
                 inter_scale=not arg.no_inter, adaptive_reconstruction=not arg.no_adaptive,
                 spatial_attention=True, attention_channels=32, attention_pool=2,

@@ -9,14 +9,14 @@ Arguments: smoke, residual, coded (how many coarse scales BFCNet codes: 1 or 2),
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, residual=False, coded=2, lmbda=2.0, steps=100_000, task=0.0)
+DEFAULTS = dict(smoke=False, residual=False, coded=2, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT)
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, **DEFAULTS)
   coded = ("p4", "p5") if arg.coded == 2 else ("p5",)
   kwargs = dict(coded_scales=coded, fused_channels=192, latent_channels=128, hidden_channels=128,
-                hyper_channels=64, stages=1, transform="gdn", predictor_hidden=96,
+                hyper_channels=64, stages=0, transform="gdn", predictor_hidden=96,
                 predictor_blocks=3, residual=arg.residual, residual_latent_channels=32,
                 train_quantization="noise")
   if arg.smoke:

@@ -14,7 +14,7 @@ The base codec's widths are those of configs/base.py, so the runs are comparable
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, context=False, lmbda=2.0, steps=100_000, task=0.0, gain_range=4.0,
+DEFAULTS = dict(smoke=False, context=False, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT, gain_range=4.0,
                 exponent=1.0)
 
 

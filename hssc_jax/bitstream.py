@@ -239,3 +239,215 @@ def fingerprint(*objects: Any) -> bytes:
   for o in objects:
     feed(o)
   return h.digest()
+
+
+# ---- the compact container (format version 2) ----------------------------------------------------
+#
+# What a model and the feature grid determine is not sent: the codec id (bound by the fingerprint),
+# tensor shapes, stream names and the metadata's keys and types come from a *template*, the
+# container the same model writes for the same feature sizes (`Template`, made by the codec). Layout:
+#
+#   0  2  magic b"Hj"            2  1  version 2           3  4  fingerprint (first 4 bytes)
+#   *     varint H, varint W of the original image
+#   *     feature sizes: a byte k; k = 0: varint h, w of the first scale, every next scale
+#         ceil(h / 2), ceil(w / 2) (a pyramid); k > 0: k explicit (h, w) varint pairs
+#   *     varint lengths of every stream but the last, in template order
+#   *     metadata: a bitmap (one bit per key, sorted) of values equal to the template's, then the
+#         other values in key order (non-negative ints as varints, lists element-wise, strings)
+#   *     the streams        N-4  4  CRC-32 of bytes [0, N-4)
+
+COMPACT_MAGIC = b"Hj"
+COMPACT_VERSION = 2
+SHORT_FINGERPRINT_BYTES = 4
+_COMPACT_HEAD = struct.Struct(">2sB4s")
+MAX_FEATURE_SIDE = 4096  # the largest feature-map side a decoder accepts (refused before allocation)
+MAX_IMAGE_SIDE = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+  """What a model writes for given feature sizes, apart from the data-dependent values."""
+
+  codec_id: str
+  shapes: Mapping[str, tuple[int, ...]]
+  stream_names: tuple[str, ...]
+  metadata: Mapping[str, Any]
+
+
+def is_compact(data: bytes) -> bool:
+  return bytes(data[:len(COMPACT_MAGIC)]) == COMPACT_MAGIC
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    b = n & 0x7F
+    n >>= 7
+    out.append(b | (0x80 if n else 0))
+    if not n:
+      return bytes(out)
+
+
+def _read_varint(r: "_Reader", what: str) -> int:
+  n = shift = 0
+  for _ in range(10):
+    (b,) = r.take(1, what)
+    n |= (b & 0x7F) << shift
+    shift += 7
+    if not b & 0x80:
+      return n
+  raise errors.CorruptBitstreamError(f"header field {what!r} is not a valid varint")
+
+
+def pyramid_sizes_code(sizes: Any) -> bytes:
+  """The compact encoding of per-scale (h, w) feature sizes."""
+  sizes = [tuple(int(v) for v in s) for s in sizes]
+  h, w = sizes[0]
+  rule = [(h, w)]
+  for _ in sizes[1:]:
+    h, w = -(-h // 2), -(-w // 2)
+    rule.append((h, w))
+  if rule == sizes:
+    return b"\0" + _varint(sizes[0][0]) + _varint(sizes[0][1])
+  if not 0 < len(sizes) < 256:
+    raise ValueError(f"cannot store {len(sizes)} feature sizes")
+  return bytes([len(sizes)]) + b"".join(_varint(a) + _varint(b) for a, b in sizes)
+
+
+def _read_sizes(r: "_Reader", num_scales: int) -> tuple[tuple[int, int], ...]:
+  (k,) = r.take(1, "feature sizes")
+  if k == 0:
+    h, w = _read_varint(r, "feature height"), _read_varint(r, "feature width")
+    out = [(h, w)]
+    for _ in range(num_scales - 1):
+      h, w = -(-h // 2), -(-w // 2)
+      out.append((h, w))
+  elif k != num_scales:
+    raise errors.CorruptBitstreamError(f"bitstream has {k} feature sizes, the model codes "
+                                       f"{num_scales} scales")
+  else:
+    out = [(_read_varint(r, "feature height"), _read_varint(r, "feature width"))
+           for _ in range(k)]
+  for h, w in out:
+    if not (0 < h <= MAX_FEATURE_SIDE and 0 < w <= MAX_FEATURE_SIDE):
+      raise errors.CorruptBitstreamError(
+          f"feature size {h}x{w} is outside 1..{MAX_FEATURE_SIDE} (bitstream.MAX_FEATURE_SIDE)")
+  return tuple(out)
+
+
+def _encode_value(value: Any, tmpl: Any) -> bytes | None:
+  """`value` in the shape of `tmpl`, or None when it does not fit (the caller falls back)."""
+  if isinstance(tmpl, bool) or isinstance(value, bool):
+    return bytes([int(value)]) if isinstance(value, bool) and isinstance(tmpl, bool) else None
+  if isinstance(tmpl, int):
+    return _varint(value) if isinstance(value, int) and value >= 0 else None
+  if isinstance(tmpl, str):
+    if not isinstance(value, str):
+      return None
+    b = value.encode("utf-8")
+    return _varint(len(b)) + b
+  if isinstance(tmpl, list):
+    if not isinstance(value, list) or len(value) != len(tmpl):
+      return None
+    parts = [_encode_value(v, t) for v, t in zip(value, tmpl)]
+    return None if any(p is None for p in parts) else b"".join(parts)
+  return None
+
+
+def _decode_value(r: "_Reader", tmpl: Any, what: str) -> Any:
+  if isinstance(tmpl, bool):
+    (b,) = r.take(1, what)
+    if b > 1:
+      raise errors.CorruptBitstreamError(f"metadata {what!r} is not a boolean")
+    return bool(b)
+  if isinstance(tmpl, int):
+    return _read_varint(r, what)
+  if isinstance(tmpl, str):
+    n = _read_varint(r, what)
+    try:
+      return r.take(n, what).decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise errors.CorruptBitstreamError(f"metadata {what!r} is not valid UTF-8") from e
+  return [_decode_value(r, t, what) for t in tmpl]
+
+
+def pack_compact(c: Container, sizes: Any, template: Template) -> bytes | None:
+  """`c` in the compact format, or None when it does not fit `template` (use `pack` then)."""
+  if (c.codec_id != template.codec_id or dict(c.shapes) != dict(template.shapes)
+      or tuple(c.streams) != template.stream_names or sorted(c.metadata) != sorted(template.metadata)
+      or not template.stream_names):
+    return None
+  h, w = (int(v) for v in c.image_size)
+  if not (0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE):
+    return None
+  head = [_COMPACT_HEAD.pack(COMPACT_MAGIC, COMPACT_VERSION,
+                             bytes(c.fingerprint[:SHORT_FINGERPRINT_BYTES])),
+          _varint(h), _varint(w), pyramid_sizes_code(sizes)]
+  head += [_varint(len(c.streams[k])) for k in template.stream_names[:-1]]
+  keys = sorted(template.metadata)
+  bitmap = bytearray((len(keys) + 7) // 8)
+  values = []
+  for i, k in enumerate(keys):
+    if c.metadata[k] == template.metadata[k] and type(c.metadata[k]) is type(template.metadata[k]):
+      bitmap[i // 8] |= 1 << (i % 8)
+      continue
+    v = _encode_value(c.metadata[k], template.metadata[k])
+    if v is None:
+      return None
+    values.append(v)
+  body = b"".join(head) + bytes(bitmap) + b"".join(values)
+  data = body + b"".join(bytes(c.streams[k]) for k in template.stream_names)
+  return data + _CRC.pack(zlib.crc32(data))
+
+
+def read_compact_preamble(data: bytes, num_scales: int
+                          ) -> tuple[bytes, tuple[int, int], tuple[tuple[int, int], ...]]:
+  """(short fingerprint, image size, feature sizes) of a compact bitstream, after checking its
+  magic, version and checksum; every field is range-checked before anything is allocated."""
+  data = bytes(data)
+  if not is_compact(data):
+    raise errors.BadMagicError(f"not a compact hssc_jax bitstream: starts with {data[:2]!r}")
+  if len(data) < _COMPACT_HEAD.size + _CRC.size:
+    raise errors.TruncatedBitstreamError(f"bitstream is {len(data)} bytes, shorter than the "
+                                         f"{_COMPACT_HEAD.size + _CRC.size}-byte minimum")
+  _, version, short_fp = _COMPACT_HEAD.unpack_from(data)
+  if version != COMPACT_VERSION:
+    raise errors.UnsupportedVersionError(
+        f"compact bitstream format version {version}; this library reads {COMPACT_VERSION}")
+  (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+  if zlib.crc32(data[:-_CRC.size]) != crc:
+    raise errors.CorruptBitstreamError(
+        "bitstream checksum mismatch: the bytes were corrupted or the bitstream was truncated")
+  r = _Reader(data, _COMPACT_HEAD.size, len(data) - _CRC.size)
+  h, w = _read_varint(r, "image height"), _read_varint(r, "image width")
+  if not (0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE):
+    raise errors.CorruptBitstreamError(f"image size {h}x{w} is outside 1..{MAX_IMAGE_SIDE}")
+  return short_fp, (h, w), _read_sizes(r, num_scales)
+
+
+def unpack_compact(data: bytes, num_scales: int, template: Template) -> Container:
+  """Parses a compact bitstream against `template` (the model's, for the sizes of its preamble).
+
+  The returned container carries the template's 4-byte fingerprint prefix padded with zeros;
+  callers compare `short_fingerprint` instead.
+  """
+  data = bytes(data)
+  short_fp, image_size, _ = read_compact_preamble(data, num_scales)
+  r = _Reader(data, _COMPACT_HEAD.size, len(data) - _CRC.size)
+  _read_varint(r, "image height"), _read_varint(r, "image width")
+  _read_sizes(r, num_scales)
+  lengths = [_read_varint(r, f"length of stream {k}") for k in template.stream_names[:-1]]
+  keys = sorted(template.metadata)
+  bitmap = r.take((len(keys) + 7) // 8, "metadata bitmap")
+  metadata = {}
+  for i, k in enumerate(keys):
+    same = bitmap[i // 8] >> (i % 8) & 1
+    metadata[k] = template.metadata[k] if same else _decode_value(r, template.metadata[k], k)
+  rest = r.end - r.pos
+  if sum(lengths) > rest:
+    raise errors.CorruptBitstreamError(
+        f"stream lengths in the header ({sum(lengths)} bytes) run past the end of the bitstream")
+  lengths.append(rest - sum(lengths))
+  streams = {k: r.take(n, f"stream {k}") for k, n in zip(template.stream_names, lengths)}
+  fp = short_fp + bytes(FINGERPRINT_BYTES - SHORT_FINGERPRINT_BYTES)
+  return Container(template.codec_id, fp, image_size, dict(template.shapes), streams, metadata)

@@ -17,7 +17,7 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,46 +51,115 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps: int) -> optax.Gradient
                      optax.adam(lr, b1=cfg.b1, b2=cfg.b2))
 
 
-def _identity(config: ml_collections.ConfigDict, scales, channels) -> dict[str, Any]:
-  return {"codec": config.codec.name, "codec_kwargs": config.codec.kwargs.to_dict(),
-          "scales": list(scales), "channels": list(channels),
-          "detector": factory.identity(config.detector)}
+def codec_kwargs(config: ml_collections.ConfigDict, feature_norm: Any = None) -> dict[str, Any]:
+  """The codec's keyword arguments: the config's, plus the fitted normalization and the number of
+  qualities of a variable-rate run (one per lambda of `loss.lmbdas`)."""
+  kwargs = config.codec.kwargs.to_dict()
+  lmbdas = lambdas_of(config)
+  if len(lmbdas) > 1:
+    kwargs["qualities"] = len(lmbdas)
+  if feature_norm is not None:
+    kwargs["feature_norm"] = feature_norm
+  return kwargs
 
 
-def build_codec_for(config: ml_collections.ConfigDict, detector) -> Any:
+def lambdas_of(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """`loss.lmbdas` (variable rate: quality q trains with lmbdas[q]) or the single `loss.lmbda`."""
+  lmbdas = tuple(float(v) for v in (config.loss.get("lmbdas") or ()))
+  return lmbdas or (float(config.loss.lmbda),)
+
+
+def _identity(config: ml_collections.ConfigDict, kwargs, scales, channels, detector_identity
+              ) -> dict[str, Any]:
+  return {"codec": config.codec.name, "codec_kwargs": kwargs, "scales": list(scales),
+          "channels": list(channels), "detector": detector_identity,
+          "lmbdas": list(lambdas_of(config))}
+
+
+def build_codec_for(config: ml_collections.ConfigDict, detector, feature_norm: Any = None) -> Any:
   channels = factory.feature_channels(detector)
-  return registry.build_codec(config.codec.name, config.codec.kwargs, detector.feature_names,
-                              channels)
+  return registry.build_codec(config.codec.name, codec_kwargs(config, feature_norm),
+                              detector.feature_names, channels)
 
 
-def make_train_step(codec, tx: optax.GradientTransformation, rng: jax.Array, lmbda: float,
+def fit_feature_norm(batches: Iterator[Mapping[str, Any]], num_batches: int,
+                     scales: Sequence[str]) -> tuple:
+  """Per-channel mean and std of each scale over `num_batches` feature batches, as the codec field
+  `feature_norm` ((scale, means, stds), ...); stds are floored at 1e-3 (dead channels)."""
+  acc = {s: [0.0, 0.0, 0.0] for s in scales}
+  for _ in range(num_batches):
+    feats = next(batches)
+    for s in scales:
+      x = np.asarray(feats[s], np.float64).reshape(-1, np.shape(feats[s])[-1])
+      acc[s][0] += x.shape[0]
+      acc[s][1] = acc[s][1] + x.sum(0)
+      acc[s][2] = acc[s][2] + np.square(x).sum(0)
+  out = []
+  for s in scales:
+    n, s1, s2 = acc[s]
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
+    out.append((s, tuple(float(np.float32(v)) for v in mean),
+                tuple(float(np.float32(max(v, 1e-3))) for v in std)))
+  return tuple(out)
+
+
+def make_train_step(codec, tx: optax.GradientTransformation, rng: jax.Array, lmbdas: Any,
                     scale_weights: Mapping[str, float], part1=None, task_fn=None,
                     task_weight: float = 0.0):
   """The pure step `(state, batch) -> (state, metrics)`; state = {step, params, opt_state}.
 
   `batch` holds "pixels" and either "image" (then the frozen `part1` computes the features) or
-  "features". Noise for quantization comes from fold_in(rng, step).
+  "features" (in the detector's domain; the codec's `normalize` is applied here). `lmbdas` is a
+  float or, for a variable-rate codec, one lambda per quality: each step draws its quality q
+  uniformly and trains with lmbdas[q] (lambda sampled per batch). Noise for quantization comes from
+  fold_in(rng, step).
   """
+  lmbdas = jnp.atleast_1d(jnp.asarray(lmbdas, jnp.float32))
 
   def train_step(state, batch):
     if "features" in batch:
       feats = batch["features"]
     else:
       feats = jax.lax.stop_gradient(part1(batch["image"]))
-    step_rng = jax.random.fold_in(rng, state["step"])
+    feats = codec.normalize(feats)
+    q_rng, step_rng = jax.random.split(jax.random.fold_in(rng, state["step"]))
+    if codec.qualities:
+      q = jax.random.randint(q_rng, (), 0, codec.qualities)
+      model = codec.clone(quality=q)
+    else:
+      q, model = jnp.zeros((), jnp.int32), codec
 
     def loss_fn(params):
-      out = codec.apply({"params": params}, feats, True, rngs={"noise": step_rng})
-      return loss_lib.rate_distortion(out, feats, batch["pixels"], lmbda, scale_weights, task_fn,
-                                      task_weight)
+      out = model.apply({"params": params}, feats, True, rngs={"noise": step_rng})
+      return loss_lib.rate_distortion(out, feats, batch["pixels"], lmbdas[q], scale_weights,
+                                      task_fn, task_weight, denormalize=codec.denormalize)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["quality"] = q
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
   return train_step
+
+
+def make_eval_step(codec, part1=None):
+  """`(params, batch, quality) -> metrics` of the test-time (rounded) forward: the rate the
+  bitstream will have (estimated from the entropy models, without the container) next to the
+  noisy training proxy, and the feature MSE after rounding."""
+
+  def eval_step(params, batch, q):
+    feats = batch["features"] if "features" in batch else part1(batch["image"])
+    feats = codec.normalize(feats)
+    model = codec.clone(quality=q) if codec.qualities else codec
+    out = model.apply({"params": params}, feats, False)
+    bpp, _ = loss_lib.rate_bpp(out["bits"], batch["pixels"])
+    mse = loss_lib.feature_mse(feats, out["features_hat"])
+    return {"bpp_round": bpp, "mse_round": sum(mse.values())}
+
+  return eval_step
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -102,30 +171,37 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   for key in ("steps", "checkpoint_every", "keep_checkpoints", "log_every"):
     if int(config[key]) < 1:
       raise errors.ConfigError(f"{key} must be >= 1, got {config[key]}")
-  if config.loss.lmbda <= 0:
-    raise errors.ConfigError(f"loss.lmbda must be > 0, got {config.loss.lmbda}")
+  if any(lm <= 0 for lm in lambdas_of(config)):
+    raise errors.ConfigError(f"loss lambdas must be > 0, got {lambdas_of(config)}")
+  mixed = float(config.loss.get("mixed_fraction", 0.0))
+  if not 0.0 <= mixed < 1.0:
+    raise errors.ConfigError(f"loss.mixed_fraction must be in [0, 1), got {mixed}")
 
 
-def _image_batches(config, detector, det_vars, mesh) -> tuple[Iterator[dict], str]:
-  """Per-process batches of {"features" | "image", "pixels"} from the configured source."""
+def _image_batches(config, detector, det_vars, workdir: Path, detector_identity
+                   ) -> tuple[Callable[[int], Iterator[dict]], str]:
+  """`batches(start)`: per-process batches of {"features" | "image", "pixels"} from step `start`
+  on. From the feature cache a resumed run sees exactly the batches it would have seen; from
+  images (no cache) the stream is replayed up to `start`."""
   from hssc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
   sources = [dict(s) for s in d.sources]
   if d.synthetic_images > 0:
     from hssc_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    root = Path(config.workdir_hint) / "shapes_data"
+    root = workdir / "shapes_data"
     if not (root / "annotations" / "instances_train.json").exists():
       synthetic.make_shapes_dataset(root, split="train", num_images=d.synthetic_images,
                                     image_size=d.synthetic_size, vary_size=True, seed=d.seed)
     sources = [{"root": str(root), "split": "train"}]
   if not sources:
     raise errors.ConfigError("data.sources is empty: give at least one (root, split)")
+  letterbox = int(d.get("letterbox", 0))
   kw = dict(size=d.size, batch_size=d.batch_size, scale_range=tuple(d.scale_range),
-            hflip=d.hflip, data_dir=d.data_dir or None)
-  iters = [pipeline.train_batches(src["root"], src["split"], seed=d.seed + i, **kw)
-           for i, src in enumerate(sources)]
+            hflip=d.hflip, data_dir=d.data_dir or None, letterbox=letterbox)
 
   def images():
+    iters = [pipeline.train_batches(src["root"], src["split"], seed=d.seed + i, **kw)
+             for i, src in enumerate(sources)]
     i = 0
     while True:
       b = next(iters[i % len(iters)])
@@ -134,27 +210,33 @@ def _image_batches(config, detector, det_vars, mesh) -> tuple[Iterator[dict], st
              "pixels": np.full((b["image"].shape[0],), float(d.size * d.size), np.float32)}
 
   if not d.cache_features:
-    return images(), "image"
+    def from_images(start: int):
+      it = images()
+      for _ in range(start):
+        next(it)
+      return it
+    return from_images, "image"
   part1 = jax.jit(lambda x: detector.part1(det_vars, x))
   counts = [factory.count_images(src["root"], src["split"], d.data_dir or None)
             for src in sources]
   num_batches = max(1, d.cache_variants * sum(counts) // d.batch_size)
-  key = feature_cache.cache_key(detector=factory.identity(config.detector), sources=sources,
-                                size=d.size, scale_range=list(d.scale_range), hflip=d.hflip,
-                                variants=d.cache_variants, seed=d.seed, batch=d.batch_size)
-  folder = Path(d.cache_dir or Path(config.get("workdir_hint", ".")) / "feature_cache") / key
-  cache = feature_cache.build(folder, images(), num_batches,
-                              lambda x: part1(x), detector.feature_names, d.size,
-                              meta={"detector": factory.identity(config.detector)})
-  cache.seed = d.seed
+  key_parts = dict(detector=detector_identity, sources=sources, size=d.size,
+                   scale_range=list(d.scale_range), hflip=d.hflip, variants=d.cache_variants,
+                   seed=d.seed, batch=d.batch_size)
+  if letterbox:
+    key_parts["letterbox"] = letterbox
+  key = feature_cache.cache_key(**key_parts)
+  folder = Path(d.cache_dir or workdir / "feature_cache") / key
+  cache = feature_cache.build(folder, images(), num_batches, part1, detector.feature_names,
+                              d.size, meta={"detector": detector_identity}, seed=d.seed)
 
-  def cached():
-    step = 0
+  def cached(start: int):
+    step = start
     while True:
       yield cache.batch(step, d.batch_size, jax.process_index(), jax.process_count())
       step += 1
 
-  return cached(), "features"
+  return cached, "features"
 
 
 def _global(batch: Mapping[str, Any], sharding: NamedSharding) -> Any:
@@ -169,23 +251,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _check_config(config)
   workdir = Path(workdir)
   detector, det_vars = factory.build(config.detector)
-  codec = build_codec_for(config, detector)
-  checkpoints.check_run(workdir, _identity(config, detector.feature_names,
-                                           factory.feature_channels(detector)))
+  detector_identity = factory.identity(config.detector)
+  channels = factory.feature_channels(detector)
+  batches_from, kind = _image_batches(config, detector, det_vars, workdir, detector_identity)
+  part1 = None if kind == "features" else jax.jit(lambda x: detector.part1(det_vars, x))
+  as_features = ((lambda b: b["features"]) if kind == "features"
+                 else (lambda b: part1(b["image"])))
+
+  feature_norm = None
+  if config.codec.get("normalize", False):
+    fit_batches = (as_features(b) for b in batches_from(0))
+    feature_norm = fit_feature_norm(fit_batches, int(config.codec.get("normalize_batches", 32)),
+                                    detector.feature_names)
+  kwargs = codec_kwargs(config, feature_norm)
+  codec = registry.build_codec(config.codec.name, kwargs, detector.feature_names, channels)
+  checkpoints.check_run(workdir, _identity(config, kwargs, detector.feature_names, channels,
+                                           detector_identity))
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
 
-  with config.unlocked():
-    config.workdir_hint = str(workdir)
-  batches, kind = _image_batches(config, detector, det_vars, mesh)
-  first = next(batches)
-
   steps = int(config.steps)
   tx = make_optimizer(config.optim, steps)
   rng = jax.random.PRNGKey(config.seed)
-  feats0 = (first["features"] if kind == "features"
-            else jax.jit(lambda x: detector.part1(det_vars, x))(first["image"]))
+  feats0 = codec.normalize(as_features(next(batches_from(0))))
   params = jax.jit(lambda k, f: codec.init({"params": k, "noise": k}, f, True)["params"])(
       rng, feats0)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
@@ -196,29 +285,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state = restored
   start = int(state["step"])
+  batches = batches_from(start)
   if jax.process_index() == 0:
     print(summary.parameter_overview(state["params"]))
     print(f"training {config.codec.name} in {workdir} from step {start} to {steps} on "
           f"{jax.device_count()} device(s), batch {config.data.batch_size * jax.process_count()}")
 
+  task_weight = float(config.loss.task_weight)
   task_fn = None
-  if config.loss.task_weight > 0:
+  if task_weight > 0:
     task_fn = lambda f: factory.task_outputs(detector, det_vars, f)
-  part1 = None if kind == "features" else (lambda x: detector.part1(det_vars, x))
-  train_step = make_train_step(codec, tx, rng, config.loss.lmbda, dict(config.loss.scale_weights),
-                               part1=part1, task_fn=task_fn, task_weight=config.loss.task_weight)
-  step_fn = jax.jit(train_step, donate_argnums=(0,), out_shardings=(replicated, replicated))
+  lmbdas = lambdas_of(config)
+  sw = dict(config.loss.scale_weights)
+  # Noise training, then a straight-through ("mixed") fine-tune: the decoder sees rounded latents.
+  mixed_from = steps - int(round(float(config.loss.get("mixed_fraction", 0.0)) * steps))
+  step_fns = {}
+
+  def step_fn_for(step: int):
+    phase = "mixed" if step >= mixed_from else "main"
+    if phase not in step_fns:
+      c = codec.clone(train_quantization="mixed") if phase == "mixed" else codec
+      fn = make_train_step(c, tx, rng, lmbdas, sw, part1=part1, task_fn=task_fn,
+                           task_weight=task_weight)
+      step_fns[phase] = jax.jit(fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
+    return step_fns[phase]
+
+  eval_fn = jax.jit(make_eval_step(codec, part1))
   writer = summary.Writer(workdir, enabled=jax.process_index() == 0)
   metrics_host: dict[str, float] = {}
-  pending = first
   bar = tqdm.tqdm(total=steps, initial=start, desc=config.codec.name, unit="step",
                   disable=jax.process_index() != 0 or not config.get("progress", True))
   t_last, n_last = time.time(), start
   try:
     for step in range(start, steps):
-      batch = pending if pending is not None else next(batches)
-      pending = None
-      state, metrics = step_fn(state, _global(batch, data_sharding))
+      batch = _global(next(batches), data_sharding)
+      state, metrics = step_fn_for(step)(state, batch)
       loss = float(metrics["loss"])
       if not np.isfinite(loss):
         raise errors.TrainingError(
@@ -228,6 +329,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       done = step + 1
       if done % config.log_every == 0 or done == steps:
         metrics_host = {k: float(v) for k, v in metrics.items()}
+        metrics_host.update({k: float(v) for k, v in
+                             eval_fn(state["params"], batch, metrics["quality"]).items()})
         now = time.time()
         metrics_host["steps_per_s"] = (done - n_last) / max(now - t_last, 1e-9)
         t_last, n_last = now, done
@@ -235,9 +338,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         bar.set_postfix(bpp=f"{metrics_host['bpp']:.4f}", mse=f"{metrics_host['mse']:.4g}",
                         sps=f"{metrics_host['steps_per_s']:.2f}")
         if bar.disable and jax.process_index() == 0:  # No bar (e.g. a log file): one line.
-          print(f"step {done}/{steps}: loss {metrics_host['loss']:.4f} bpp "
-                f"{metrics_host['bpp']:.4f} mse {metrics_host['mse']:.4g} "
-                f"{metrics_host['steps_per_s']:.2f} steps/s", flush=True)
+          task = f" task {metrics_host['task']:.4g}" if "task" in metrics_host else ""
+          print(f"step {done}/{steps} q{int(metrics_host['quality'])}: loss "
+                f"{metrics_host['loss']:.4f} bpp {metrics_host['bpp']:.4f} (rounded "
+                f"{metrics_host['bpp_round']:.4f}) mse {metrics_host['mse']:.4g} (rounded "
+                f"{metrics_host['mse_round']:.4g}){task} {metrics_host['steps_per_s']:.2f} steps/s",
+                flush=True)
       bar.update(1)
       ckpt.maybe_save(done, state, force=done == steps)
   finally:
@@ -248,14 +354,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tables = codec.build_tables(jax.device_get(state["params"]))
     ckpt.save_tables(steps, tables)
   ckpt.close()
+  hook = getattr(codec, "post_training_constants", None)
+  constants_path = workdir / CONSTANTS_FILE
+  if hook is not None and task_fn is not None and not constants_path.exists():
+    # Fitted on batches the run trained on (the first ones of the stream), never on test data.
+    it = batches_from(0)
+    fit = [codec.normalize(as_features(next(it))) for _ in range(int(config.get("calibrate_batches", 4)))]
+    constants = hook(jax.device_get(state["params"]), fit, float(config.data.size) ** 2, task_fn)
+    if jax.process_index() == 0:
+      constants_path.write_text(json.dumps(constants))
   if jax.process_index() == 0:
     (workdir / "final_metrics.json").write_text(json.dumps(metrics_host, indent=2))
   return metrics_host
 
 
+CONSTANTS_FILE = "constants.json"  # codec fields fitted after training (e.g. MFIBA's allocation)
+
+
 def load_codec(workdir: str | Path, step: int | None = None) -> tuple[Any, Any, Any, dict]:
   """(codec, params, tables, run identity) of a trained workdir (tables rebuilt if missing)."""
   run = checkpoints.read_run(workdir)
+  constants = Path(workdir) / CONSTANTS_FILE
+  if constants.exists():
+    run = dict(run, codec_kwargs=dict(run["codec_kwargs"], **json.loads(constants.read_text())))
   codec = registry.build_codec(run["codec"], run["codec_kwargs"], run["scales"], run["channels"])
   dummy = {s: jnp.zeros((1, 64 >> i, 64 >> i, c), jnp.float32)
            for i, (s, c) in enumerate(zip(run["scales"], run["channels"]))}

@@ -44,9 +44,12 @@ def test_base_trains_checkpoints_resumes_and_codes(tmp_path):
   rng = np.random.default_rng(0)
   feats = {s: rng.normal(size=(1, 16 >> i, 16 >> i, c)).astype(np.float32)
            for i, (s, c) in enumerate(zip(run["scales"], run["channels"]))}
+  assert codec.qualities == len(run["lmbdas"]) > 1 and codec.feature_norm
   data = codec.compress(params, tables, feats, (128, 128))
   out = codec.decompress(params, tables, data)
-  ev = codec.apply({"params": params}, feats, False)["features_hat"]
+  # The module works on normalized features; compress/decompress normalize and undo it.
+  ev = codec.denormalize(codec.apply({"params": params}, codec.normalize(feats), False)
+                         ["features_hat"])
   for s in feats:
     np.testing.assert_allclose(out[s], ev[s], atol=1e-4)
   assert bitstream.unpack(data).codec_id == "hyperprior"
@@ -64,8 +67,15 @@ def test_bad_configs(tmp_path):
   with pytest.raises(errors.ConfigError, match="no option"):
     train_lib.train_and_evaluate(smoke(base_config, **{"codec.kwargs": {"latent_chanels": 8}}),
                                  str(tmp_path / "a"))
-  with pytest.raises(errors.ConfigError, match="lmbda"):
-    train_lib.train_and_evaluate(smoke(base_config, **{"loss.lmbda": -1.0}), str(tmp_path / "b"))
+  with pytest.raises(errors.ConfigError, match="lambdas"):
+    train_lib.train_and_evaluate(smoke(base_config, **{"loss.lmbda": -1.0, "loss.lmbdas": ()}),
+                                 str(tmp_path / "b"))
+  with pytest.raises(errors.ConfigError, match="lambdas"):
+    train_lib.train_and_evaluate(smoke(base_config, **{"loss.lmbdas": (1.0, 0.0)}),
+                                 str(tmp_path / "c"))
+  with pytest.raises(errors.ConfigError, match="mixed_fraction"):
+    train_lib.train_and_evaluate(smoke(base_config, **{"loss.mixed_fraction": 1.0}),
+                                 str(tmp_path / "d"))
   config = base_config.get_config("smoke")
   with pytest.raises(AttributeError):
     config.loss.lmbdaa = 1.0  # Locked: a typo is an error, not a new field.

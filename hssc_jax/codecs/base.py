@@ -16,6 +16,7 @@ MPEG feature-coding tests and CompressAI-Vision. The loss lives outside the modu
 
 import dataclasses
 import functools
+import json
 from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
@@ -34,12 +35,16 @@ def bits_per_pixel(bits: Any, image_size: Sequence[int]) -> Any:
   return bits / float(h * w)
 
 
+_TEMPLATES: dict = {}
+
+
 def check_pyramid(features: Pyramid, names: Sequence[str], batch: int | None = None,
-                  finite: bool = True) -> dict[str, np.ndarray]:
+                  finite: bool = True, channels: Sequence[int] | None = None
+                  ) -> dict[str, np.ndarray]:
   """Host-side validation of a pyramid; returns it as float32 numpy arrays.
 
   Raises InvalidInputError for a missing or extra scale, a non-NHWC array, a batch size other than
-  `batch`, or NaN/inf values.
+  `batch`, channel counts other than `channels` (features of another detector), or NaN/inf values.
   """
   if not isinstance(features, Mapping):
     raise errors.InvalidInputError(f"features must be a dict of arrays, got {type(features).__name__}")
@@ -55,6 +60,10 @@ def check_pyramid(features: Pyramid, names: Sequence[str], batch: int | None = N
       raise errors.InvalidInputError(f"feature {n!r} must be NHWC (rank 4), got shape {a.shape}")
     if batch is not None and a.shape[0] != batch:
       raise errors.InvalidInputError(f"feature {n!r} has batch {a.shape[0]}, expected {batch}")
+    if channels is not None and a.shape[3] != list(channels)[list(names).index(n)]:
+      raise errors.InvalidInputError(
+          f"feature {n!r} has {a.shape[3]} channels, this codec was built for "
+          f"{list(channels)[list(names).index(n)]} (features of another detector?)")
     if finite and not np.all(np.isfinite(a)):
       raise errors.InvalidInputError(f"feature {n!r} holds NaN/inf values")
     out[n] = a.astype(np.float32, copy=False)
@@ -84,15 +93,62 @@ def jitted_method(module: nn.Module, method: str, static_argnums: tuple[int, ...
                  static_argnums=static_argnums)
 
 
+def norm_stats(feature_norm: Any, scales: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{scale: (mean (C,), std (C,))} from a codec's `feature_norm` field (see `FeatureCodec`)."""
+  if not feature_norm:
+    return {}
+  stats = {}
+  for entry in feature_norm:
+    if len(entry) != 3:
+      raise errors.ConfigError("feature_norm entries must be (scale, means, stds)")
+    s, mean, std = entry
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if mean.shape != std.shape or mean.ndim != 1 or not np.all(std > 0):
+      raise errors.ConfigError(f"feature_norm of {s!r}: means and stds must be (C,) with std > 0")
+    stats[s] = (mean, std)
+  if sorted(stats) != sorted(scales):
+    raise errors.ConfigError(f"feature_norm covers scales {sorted(stats)}, codec codes {list(scales)}")
+  return stats
+
+
 class FeatureCodec(nn.Module):
   """Base class: subclasses define `scales`, __call__, build_tables, compress_streams and
   decompress_streams.
 
   The container (magic, version, codec id, fingerprint, shapes, streams, checksum) is handled here,
   so every codec refuses truncated, corrupted or foreign bitstreams the same way.
+
+  Two fields every codec shares:
+    feature_norm: ((scale, means, stds), ...) per-channel statistics fitted on the training
+      features; model constants (in the fingerprint, never in a bitstream). `__call__` works on
+      normalized features (the training loop calls `normalize`); `compress` normalizes and
+      `decompress` undoes it. None: identity.
+    qualities, quality: variable rate. With `qualities` = Q > 0 the latents are scaled by learned
+      per-channel gain vectors, one of Q selected by `quality` (Cui et al., "Asymmetric gained deep
+      image compression with continuous rate adaptation", CVPR 2021), so one model covers a whole
+      rate-accuracy curve; each quality has its own fingerprint.
   """
 
   codec_id: ClassVar[str] = "codec"
+  feature_norm: Any = None
+  qualities: int = 0
+  quality: Any = 0
+  header: str = "full"
+
+  @nn.nowrap
+  def rate_kwargs(self) -> dict[str, Any]:
+    """Fields a codec passes to the entropy-coded models it builds (variable rate)."""
+    return {"qualities": self.qualities, "quality": self.quality}
+
+  @nn.nowrap
+  def normalize(self, features: Pyramid) -> dict[str, Any]:
+    stats = norm_stats(self.feature_norm, self.scales)
+    return {s: (f - stats[s][0]) / stats[s][1] if s in stats else f for s, f in features.items()}
+
+  @nn.nowrap
+  def denormalize(self, features: Pyramid) -> dict[str, Any]:
+    stats = norm_stats(self.feature_norm, self.scales)
+    return {s: f * stats[s][1] + stats[s][0] if s in stats else f for s, f in features.items()}
 
   @nn.nowrap
   def fingerprint(self, params: Any, tables: Any) -> bytes:
@@ -102,22 +158,57 @@ class FeatureCodec(nn.Module):
   def compress(self, params: Any, tables: Any, features: Pyramid,
                image_size: Sequence[int]) -> bytes:
     """Host: one image's pyramid (batch 1) -> a self-describing bitstream."""
-    feats = check_pyramid(features, self.scales, batch=1)
+    feats = self.normalize(check_pyramid(features, self.scales, batch=1, channels=self.channels))
     streams, shapes, meta = self.compress_streams(params, tables, feats)
-    return bitstream.pack(bitstream.Container(
-        self.codec_id, self.fingerprint(params, tables), tuple(image_size), shapes, streams, meta))
+    meta = json.loads(json.dumps(meta))  # what a decoder reads back (lists, not tuples)
+    c = bitstream.Container(self.codec_id, self.fingerprint(params, tables), tuple(image_size),
+                            shapes, streams, meta)
+    if self.header == "compact":
+      sizes = tuple(tuple(int(v) for v in feats[s].shape[1:3]) for s in self.scales)
+      data = bitstream.pack_compact(c, sizes, self.template(params, tables, sizes))
+      if data is not None:
+        return data
+    return bitstream.pack(c)
 
   @nn.nowrap
   def decompress(self, params: Any, tables: Any, data: bytes) -> dict[str, np.ndarray]:
     """Host: bitstream -> pyramid. Raises a BitstreamError subclass for any bad input."""
     c = self.unpack(params, tables, data)
-    return self.decompress_streams(params, tables, c.streams, c.shapes, c.metadata)
+    out = self.decompress_streams(params, tables, c.streams, c.shapes, c.metadata)
+    return {s: np.asarray(v, np.float32) for s, v in self.denormalize(out).items()}
 
   @nn.nowrap
   def unpack(self, params: Any, tables: Any, data: bytes) -> bitstream.Container:
+    """The container of a bitstream of this model (full or compact); BitstreamError otherwise."""
+    fp = self.fingerprint(params, tables)
+    if isinstance(data, (bytes, bytearray, memoryview)) and bitstream.is_compact(data):
+      short, _, sizes = bitstream.read_compact_preamble(data, len(self.scales))
+      if short != fp[:bitstream.SHORT_FINGERPRINT_BYTES]:
+        raise errors.ModelMismatchError(
+            f"compact bitstream was written by another model (fingerprint prefix {short.hex()} "
+            f"!= {fp[:bitstream.SHORT_FINGERPRINT_BYTES].hex()} of this {self.codec_id!r} model)")
+      c = bitstream.unpack_compact(data, len(self.scales), self.template(params, tables, sizes))
+      return dataclasses.replace(c, fingerprint=fp)
     c = bitstream.unpack(data)
-    bitstream.check_model(c, self.codec_id, self.fingerprint(params, tables))
+    bitstream.check_model(c, self.codec_id, fp)
     return c
+
+  @nn.nowrap
+  def template(self, params: Any, tables: Any, sizes: Sequence[Sequence[int]]
+               ) -> bitstream.Template:
+    """What this model writes for feature `sizes` apart from data (a dry run on zeros, cached)."""
+    sizes = tuple(tuple(int(v) for v in s) for s in sizes)
+    key = (self.fingerprint(params, tables), sizes)
+    if key not in _TEMPLATES:
+      zeros = {s: np.zeros((1, h, w, c), np.float32)
+               for s, (h, w), c in zip(self.scales, sizes, self.channels)}
+      streams, shapes, meta = self.compress_streams(params, tables, zeros)
+      if len(_TEMPLATES) >= 32:
+        _TEMPLATES.pop(next(iter(_TEMPLATES)))
+      _TEMPLATES[key] = bitstream.Template(
+          self.codec_id, {k: tuple(int(d) for d in v) for k, v in shapes.items()},
+          tuple(streams), json.loads(json.dumps(meta)))
+    return _TEMPLATES[key]
 
   # To be defined by subclasses (host side).
   @nn.nowrap

@@ -51,7 +51,7 @@ import numpy as np
 
 from hssc_jax import errors
 from hssc_jax.codecs import base
-from hssc_jax.codecs.hyperprior import HyperpriorModel
+from hssc_jax.codecs.hyperprior import HyperpriorModel, gain_init
 from hssc_jax.entropy import channel_context
 from hssc_jax.entropy import determinism
 from hssc_jax.entropy import factorized
@@ -204,7 +204,7 @@ class HSCCodec(base.FeatureCodec):
                            hidden_channels=self.hidden_channels, hyper_channels=self.hyper_channels,
                            stages=self.core_stages, hyper_stages=self.hyper_stages,
                            transform=self.transform, context_slices=self.context_slices,
-                           context_hidden=tuple(self.context_hidden))
+                           context_hidden=tuple(self.context_hidden), **self.rate_kwargs())
 
   @nn.nowrap
   def feature_context_model(self) -> ChannelContext:
@@ -260,6 +260,15 @@ class HSCCodec(base.FeatureCodec):
     self.refine = {s: ResidualBlock(w[s]) for s in self.scales}
     self.film = {s: nn.Dense(2 * w[s], kernel_init=nn.initializers.zeros) for s in self.scales}
     self.heads = {s: conv(c, 3) for s, c in zip(self.scales, self.channels)}
+    if self.qualities:  # variable rate: gain vectors of the feature latent (the core's are in core)
+      shape = (self.qualities, self.latent_channels)
+      self.feature_gain = self.param("feature_gain", gain_init(self.qualities), shape)
+      self.feature_inv_gain = self.param("feature_inv_gain", gain_init(self.qualities, True), shape)
+
+  def _feature_gain(self, y: jax.Array, inverse: bool = False) -> jax.Array:
+    if not self.qualities:
+      return y
+    return y * jnp.exp((self.feature_inv_gain if inverse else self.feature_gain)[self.quality])
 
   # ---- pure transforms (jit/grad) --------------------------------------------------------------
 
@@ -268,13 +277,13 @@ class HSCCodec(base.FeatureCodec):
     h, w = features[self.scales[self.fusion_index]].shape[1:3]
     parts = [self.fuse_in[s](features[s], h, w) for s in self.scales]
     u = self.fuse_out(jnp.concatenate(parts, axis=-1))
-    return self.g_f(pad_to_multiple(u, 2 ** self.feature_stages))
+    return self._feature_gain(self.g_f(pad_to_multiple(u, 2 ** self.feature_stages)))
 
   def synthesize(self, feature_hat: jax.Array, core_hat: jax.Array,
                  sizes: Sequence[tuple[int, int]]) -> dict[str, jax.Array]:
     """(H6): both decoded latents -> pyramid with (H, W) `sizes` per scale."""
     hf, wf = sizes[self.fusion_index]
-    t = self.g_f_inv(feature_hat)[:, :hf, :wf, :]
+    t = self.g_f_inv(self._feature_gain(feature_hat, inverse=True))[:, :hf, :wf, :]
     c = self.core_in(core_hat)
     f = 2 ** self.core_levels
     c = _fit(jax.image.resize(c, (c.shape[0], c.shape[1] * f, c.shape[2] * f, c.shape[3]),

@@ -234,7 +234,7 @@ class HSSCCodec(base.FeatureCodec):
                            hidden_channels=self.hidden_channels, hyper_channels=self.hyper_channels,
                            stages=self.stages, hyper_stages=self.hyper_stages,
                            transform=self.transform, context_slices=self.context_slices,
-                           context_hidden=tuple(self.context_hidden))
+                           context_hidden=tuple(self.context_hidden), **self.rate_kwargs())
 
   @property
   def compact_index(self) -> int:

@@ -51,6 +51,8 @@ class HyperpriorModel(nn.Module):
   context_slices: int = 0
   context_hidden: Sequence[int] = (128, 64)
   lrp: bool = True
+  qualities: int = 0
+  quality: Any = 0
 
   @nn.nowrap
   def context_model(self) -> ChannelContext:
@@ -68,13 +70,23 @@ class HyperpriorModel(nn.Module):
     self.entropy_bottleneck = EntropyBottleneck()
     if self.context_slices:
       self.context = self.context_model()
+    if self.qualities:
+      self.gain = self.param("gain", gain_init(self.qualities), (self.qualities, self.latent_channels))
+      self.inv_gain = self.param("inv_gain", gain_init(self.qualities, inverse=True),
+                                 (self.qualities, self.latent_channels))
 
   @property
   def multiple(self) -> int:
     return 2 ** (max(self.stages, 0) + self.hyper_stages)
 
+  def apply_gain(self, y: jax.Array, inverse: bool = False) -> jax.Array:
+    """y times the gain vector (or the inverse gain) of `quality`; identity when qualities == 0."""
+    if not self.qualities:
+      return y
+    return y * jnp.exp((self.inv_gain if inverse else self.gain)[self.quality]).astype(y.dtype)
+
   def analysis(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    y = self.g_a(pad_to_multiple(x, self.multiple))
+    y = self.apply_gain(self.g_a(pad_to_multiple(x, self.multiple)))
     return y, self.h_a(y)
 
   def hyper_synthesis(self, z_hat: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -83,7 +95,7 @@ class HyperpriorModel(nn.Module):
     return p[..., :self.latent_channels], p[..., self.latent_channels:]
 
   def synthesis(self, y_hat: jax.Array, height: int, width: int) -> jax.Array:
-    return self.g_s(y_hat)[:, :height, :width, :]
+    return self.g_s(self.apply_gain(y_hat, inverse=True))[:, :height, :width, :]
 
   def entropy(self, y: jax.Array, z: jax.Array, mode: str
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -182,6 +194,19 @@ class HyperpriorModel(nn.Module):
           f"(expected y={want_y}, z={want_z})")
 
 
+GAIN_RANGE = (0.25, 4.0)
+
+
+def gain_init(qualities: int, inverse: bool = False):
+  """Log-gains spread geometrically over GAIN_RANGE (quality 0 = lowest rate), as in Cui et al."""
+  def init(_, shape, dtype=jnp.float32):
+    lo, hi = np.log(GAIN_RANGE)
+    g = np.linspace(lo, hi, qualities) if qualities > 1 else np.zeros(1)
+    g = -g if inverse else g
+    return jnp.broadcast_to(jnp.asarray(g, dtype)[:, None], shape)
+  return init
+
+
 @functools.lru_cache(maxsize=256)
 def _host_method(module: nn.Module, method: str, jit: bool) -> determinism.HostFunction:
   fn = getattr(type(module), method)
@@ -234,7 +259,7 @@ class HyperpriorCodec(base.FeatureCodec):
         hyper_channels=pick(self.hyper_channels, "hyper_channels"),
         stages=pick(self.stages, "stages"), hyper_stages=self.hyper_stages,
         transform=self.transform, context_slices=self.context_slices,
-        context_hidden=tuple(self.context_hidden))
+        context_hidden=tuple(self.context_hidden), **self.rate_kwargs())
 
   def setup(self):
     if len(self.channels) != len(self.scales):

@@ -6,13 +6,15 @@ the decoded small-scale ones by MFCNet, so the large scales cost few or no bits.
 
 ```
  coded scales (e.g. p4, p5) --fuse--> x_f --hyperprior (BFCNet)--> x_f_hat --unfuse--> p4_hat, p5_hat
- p4_hat (+ p5_hat) --MFCNet: upsample + residual blocks--> p3_pred
+ p4_hat, p5_hat --MFCNet: learned upsampling of each, merge, residual blocks--> p3_pred
  optional: r = p3 - p3_pred coded by a small hyperprior ("p3_residual" stream); p3_hat = p3_pred + r_hat
 ```
 
 BFCNet removes *channel* redundancy by fusing the coded scales into `fused_channels` channels at the
-coarsest coded resolution (strided convs bring finer coded scales down, 1x1 convs reduce channels)
-and *spatial* redundancy through the strided analysis transform of the hyperprior.
+coarsest coded resolution (learned stride-2 convolutions bring finer coded scales down, a 1x1
+convolution reduces channels) and *spatial* redundancy through the analysis transform of the
+hyperprior (`stages` = 0 keeps the latent on the coarsest coded grid, stride 32 for YOLO P5, so the
+fine scales are not starved). MFCNet predicts each large scale from all decoded small scales.
 
 Port choices the paper leaves open: the fusion/unfusion layers, the prediction network (deconv x2 +
 residual blocks per predicted scale, coarse to fine, each conditioned on the next coarser decoded or
@@ -41,19 +43,38 @@ def _resize_to(x: jax.Array, h: int, w: int) -> jax.Array:
 
 
 class Predictor(nn.Module):
-  """MFCNet branch: predicts one finer scale from a coarser decoded/predicted one."""
+  """MFCNet branch: predicts one finer scale from decoded (or already predicted) coarser ones.
+
+  Each source is brought up by its own learned x2 transposed convolution and resized to (h, w);
+  the sources are merged by a 1x1 convolution, then residual blocks and a 3x3 output convolution.
+  """
 
   out_channels: int
   hidden: int = 64
   blocks: int = 2
 
   @nn.compact
-  def __call__(self, coarse: jax.Array, h: int, w: int) -> jax.Array:
-    x = nn.leaky_relu(deconv(self.hidden, 3, 2)(coarse))
-    x = _resize_to(x, h, w)
+  def __call__(self, sources: Sequence[jax.Array], h: int, w: int) -> jax.Array:
+    parts = [_resize_to(nn.leaky_relu(deconv(self.hidden, 3, 2)(x)), h, w) for x in sources]
+    x = parts[0] if len(parts) == 1 else conv(self.hidden, 1)(jnp.concatenate(parts, axis=-1))
     for _ in range(self.blocks):
       x = ResidualBlock(self.hidden)(x)
     return conv(self.out_channels, 3)(x)
+
+
+class Downsample(nn.Module):
+  """Learned downsampling (BFCNet): `levels` stride-2 3x3 convolutions with leaky ReLU between."""
+
+  features: int
+  levels: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(self.levels):
+      x = conv(self.features, 3, 2)(x)
+      if i < self.levels - 1:
+        x = nn.leaky_relu(x)
+    return x
 
 
 class LMFCCodec(base.FeatureCodec):
@@ -85,7 +106,7 @@ class LMFCCodec(base.FeatureCodec):
     return HyperpriorModel(out_channels=self.fused_channels, latent_channels=self.latent_channels,
                            hidden_channels=self.hidden_channels, hyper_channels=self.hyper_channels,
                            stages=self.stages, transform=self.transform,
-                           context_slices=self.context_slices)
+                           context_slices=self.context_slices, **self.rate_kwargs())
 
   @nn.nowrap
   def residual_model(self, scale: str) -> HyperpriorModel:
@@ -93,7 +114,8 @@ class LMFCCodec(base.FeatureCodec):
     return HyperpriorModel(out_channels=c, latent_channels=self.residual_latent_channels,
                            hidden_channels=self.residual_latent_channels,
                            hyper_channels=max(8, self.residual_latent_channels // 2),
-                           stages=self.residual_stages, transform=self.transform)
+                           stages=self.residual_stages, transform=self.transform,
+                           **self.rate_kwargs())
 
   @property
   def predicted_scales(self) -> list[str]:
@@ -109,7 +131,9 @@ class LMFCCodec(base.FeatureCodec):
     if sorted(self.coded_scales, key=order.index) != order[-len(self.coded_scales):]:
       raise errors.ConfigError("coded_scales must be the coarsest scales (the last ones in `scales`)")
     ch = dict(zip(self.scales, self.channels))
-    self.fuse_in = {s: conv(self.fused_channels, 3, 1) for s in self.coded_scales}
+    n = len(self.coded_scales)
+    self.fuse_in = {s: Downsample(self.fused_channels, n - 1 - i) if i < n - 1
+                    else conv(self.fused_channels, 3, 1) for i, s in enumerate(self.coded_scales)}
     self.fuse_out = conv(self.fused_channels, 1)
     self.unfuse = {s: Predictor(ch[s], self.predictor_hidden, 1) for s in self.coded_scales}
     self.bfc = self.bfc_model()
@@ -123,27 +147,24 @@ class LMFCCodec(base.FeatureCodec):
     coarsest = features[self.coded_scales[-1]]
     h, w = coarsest.shape[1], coarsest.shape[2]
     parts = []
-    for s in self.coded_scales:
-      x = features[s]
-      while x.shape[1] > h:  # strided average pooling down to the coarsest grid
-        x = nn.avg_pool(x, (2, 2), (2, 2), padding="SAME")
-      parts.append(nn.leaky_relu(self.fuse_in[s](_resize_to(x, h, w))))
+    for s in self.coded_scales:  # finer coded scales come down by learned strided convolutions
+      parts.append(nn.leaky_relu(_resize_to(self.fuse_in[s](features[s]), h, w)))
     return self.fuse_out(jnp.concatenate(parts, axis=-1))
 
   def split(self, fused_hat: jax.Array, sizes: tuple[tuple[int, int], ...]) -> dict[str, jax.Array]:
     """Decoded fused tensor -> coded scales at their sizes."""
     # Each branch upsamples x2 then resizes to its scale (for the coarsest one, back down).
-    return {s: self.unfuse[s](fused_hat, h, w) for s, (h, w) in zip(self.coded_scales, sizes)}
+    return {s: self.unfuse[s]([fused_hat], h, w) for s, (h, w) in zip(self.coded_scales, sizes)}
 
   def predict(self, decoded: dict[str, jax.Array], sizes: tuple[tuple[int, int], ...]
               ) -> dict[str, jax.Array]:
-    """MFCNet: predicted scales, coarse to fine, each from the next coarser available scale."""
+    """MFCNet: predicted scales, coarse to fine, each from every coarser decoded or predicted one."""
     avail = dict(decoded)
     order = list(self.scales)
     out = {}
     for s, (h, w) in reversed(list(zip(self.predicted_scales, sizes))):
-      coarser = order[order.index(s) + 1]
-      out[s] = self.predictors[s](avail[coarser], h, w)
+      coarser = order[order.index(s) + 1:]
+      out[s] = self.predictors[s]([avail[c] for c in coarser], h, w)
       avail[s] = out[s]
     return out
 

@@ -114,11 +114,11 @@ class GainedHyperpriorModel(HyperpriorModel):
   parameters as `HyperpriorModel`."""
 
   def analysis(self, x: jax.Array, gain: jax.Array) -> tuple[jax.Array, jax.Array]:
-    y = self.g_a(pad_to_multiple(x, self.multiple)) * _expand(gain)
+    y = self.apply_gain(self.g_a(pad_to_multiple(x, self.multiple))) * _expand(gain)
     return y, self.h_a(y)
 
   def synthesis(self, y_hat: jax.Array, inv_gain: jax.Array, height: int, width: int) -> jax.Array:
-    return self.g_s(y_hat * _expand(inv_gain))[:, :height, :width, :]
+    return self.g_s(self.apply_gain(y_hat * _expand(inv_gain), inverse=True))[:, :height, :width, :]
 
   def __call__(self, x: jax.Array, mode: str, gain: jax.Array, inv_gain: jax.Array
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -182,6 +182,7 @@ class MFIBACodec(base.FeatureCodec):
   gain_range: float = 4.0
   gain_levels: int = 255
   importance_exponent: float = 1.0
+  allocation_models: Any = None
 
   @nn.nowrap
   def scale_model(self, scale: str) -> GainedHyperpriorModel:
@@ -195,7 +196,7 @@ class MFIBACodec(base.FeatureCodec):
         hyper_channels=pick(self.hyper_channels, "hyper_channels"),
         stages=pick(self.stages, "stages"), hyper_stages=self.hyper_stages,
         transform=self.transform, context_slices=self.context_slices,
-        context_hidden=tuple(self.context_hidden))
+        context_hidden=tuple(self.context_hidden), **self.rate_kwargs())
 
   @nn.nowrap
   def _check_config(self) -> None:
@@ -215,6 +216,10 @@ class MFIBACodec(base.FeatureCodec):
       raise errors.ConfigError(f"importance_exponent must be >= 0, got {self.importance_exponent}")
     if int(self.mfip_channels) < 1:
       raise errors.ConfigError(f"mfip_channels must be >= 1, got {self.mfip_channels}")
+    for entry in self.allocation_models or ():
+      for row in entry or ():
+        if len(row) != 6 or row[0] not in self.scales:
+          raise errors.ConfigError(f"allocation_models rows are (scale, a, b, c, p, q), got {row}")
 
   @property
   def gains(self) -> tuple[np.ndarray, np.ndarray]:
@@ -240,6 +245,17 @@ class MFIBACodec(base.FeatureCodec):
     """(importance (N, S), gain table indexes (N, S)), what the encoder sends."""
     log_w, _, idx = self.allocate_gains(features)
     return jnp.exp(log_w), idx
+
+  def forward_with_indexes(self, features: base.Pyramid, idx: jax.Array
+                           ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Evaluation-mode (features_hat, bits) with explicit gain table indexes (N, S)."""
+    table, inv_table = self.gains
+    gain, inv_gain = jnp.asarray(table)[idx], jnp.asarray(inv_table)[idx]
+    out, bits = {}, {}
+    for i, s in enumerate(self.scales):
+      out[s], b = self.models[s](features[s], "round", gain[:, i], inv_gain[:, i])
+      bits.update({f"{s}/{k}": v for k, v in b.items()})
+    return out, bits
 
   def __call__(self, features: base.Pyramid, training: bool) -> dict[str, Any]:
     mode = self.train_quantization if training else "round"
@@ -304,8 +320,42 @@ class MFIBACodec(base.FeatureCodec):
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
-    _, idx = base.jitted_method(self, "allocation_indexes")(params, features)
-    return self._compress(params, tables, features, [int(i) for i in np.asarray(idx)[0]])
+    importance, idx = (np.asarray(a)[0] for a in
+                       base.jitted_method(self, "allocation_indexes")(params, features))
+    return self._compress(params, tables, features, self.choose_indexes(importance, idx))
+
+  @nn.nowrap
+  def post_training_constants(self, params: Any, batches: Sequence[base.Pyramid], pixels: float,
+                              task_fn: Any) -> dict[str, Any]:
+    """Codec fields fitted after training (train_lib calls this): the allocation models."""
+    return {"allocation_models": calibrate(self, params, batches, pixels, task_fn,
+                                           self.denormalize)}
+
+  @nn.nowrap
+  def fitted_models(self) -> dict | None:
+    """This quality's (M2) task loss-rate and rate-gain models (`calibrate`), or None."""
+    if not self.allocation_models:
+      return None
+    q = int(self.quality) if self.qualities else 0
+    entry = self.allocation_models[q] if q < len(self.allocation_models) else None
+    if not entry:
+      return None
+    return {s: (TaskRateModel(a, b, c), RateGainModel(p, rq)) for s, a, b, c, p, rq in entry}
+
+  @nn.nowrap
+  def choose_indexes(self, importance: np.ndarray, idx: np.ndarray) -> list[int]:
+    """Encode-time allocation of one image: with fitted models, (M3) splits the rate MFIP's own
+    gains would spend (the budget, from the rate-gain models) across scales by importance-weighted
+    task loss-rate models and turns each scale's rate into its gain; else MFIP's gains (M4)."""
+    models = self.fitted_models()
+    if models is None:
+      return [int(i) for i in idx]
+    table = self.gains[0]
+    budget = sum(float(models[s][1](table[i])) for s, i in zip(self.scales, idx))
+    rates = allocate({s: models[s][0] for s in self.scales},
+                     {s: float(w) for s, w in zip(self.scales, importance)}, max(budget, 0.0))
+    gains = {s: models[s][1].gain(rates[s], self.gain_range) for s in self.scales}
+    return self.gain_indexes(gains)
 
   @nn.nowrap
   def _compress(self, params, tables, features, indexes: Sequence[int]):
@@ -341,13 +391,10 @@ class MFIBACodec(base.FeatureCodec):
     return out
 
   @nn.nowrap
-  def read_allocation(self, data: bytes) -> dict[str, dict[str, float]]:
+  def read_allocation(self, params: Any, tables: Any, data: bytes) -> dict[str, dict[str, float]]:
     """Host: the allocation stored in a bitstream, {scale: {"index", "gain"}} (the container is
-    checked for integrity and codec id; the model fingerprint is checked by `decompress`)."""
-    c = bitstream.unpack(data)
-    if c.codec_id != self.codec_id:
-      raise errors.ModelMismatchError(
-          f"bitstream was written by codec {c.codec_id!r}, this decoder is {self.codec_id!r}")
+    checked for integrity and for this model's fingerprint)."""
+    c = self.unpack(params, tables, data)
     table = self.gains[0]
     return {s: {"index": i, "gain": float(table[i])}
             for s, i in zip(self.scales, self._allocation_from(c.metadata))}
@@ -476,3 +523,52 @@ def fit_rate_gain_model(gains: Any, rates: Any) -> RateGainModel:
   if q <= 0:
     raise errors.InvalidInputError(f"rate does not grow with the gain (slope {q:.3g})")
   return RateGainModel(float(p), float(q))
+
+
+def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], pixels: float,
+              task_fn: Any, denormalize: Any, gains: Sequence[float] | None = None) -> tuple:
+  """Fits (M2) and the rate-gain model of every scale, for every quality, on training features.
+
+  For each quality, batch (normalized features), scale s and gain g of `gains` (default 5 values
+  spread over [1/G, G]), scale s is coded at g (the others at MFIP's gains) and its rate and the
+  task loss with only s decoded (`loss.task_distortion`) are measured in evaluation mode. Returns
+  the `allocation_models` field: one tuple of (scale, a, b, c, p, q) rows per quality, or None
+  for a quality whose points cannot be fitted (then `choose_indexes` keeps MFIP's gains).
+  """
+  from hssc_jax.training import loss as loss_lib  # pylint: disable=g-import-not-at-top
+  grid = list(gains or np.geomspace(1 / codec.gain_range, codec.gain_range, 5))
+  g_idx = codec.gain_indexes  # scale -> table index of a gain
+  out = []
+  for q in range(max(int(codec.qualities), 1)):
+    model = codec.clone(quality=q, allocation_models=None) if codec.qualities else codec
+    fwd = jax.jit(lambda p, f, i, m=model: m.apply({"params": p}, f, i,
+                                                   method=MFIBACodec.forward_with_indexes))
+    alloc = jax.jit(lambda p, f, m=model: m.apply({"params": p}, f,
+                                                  method=MFIBACodec.allocation_indexes))
+    rates = {s: {g: [] for g in grid} for s in codec.scales}
+    tasks = {s: {g: [] for g in grid} for s in codec.scales}
+    for feats in batches:
+      ref = task_fn(denormalize(feats))
+      _, idx = alloc(params, feats)
+      idx = np.asarray(idx)
+      for i, s in enumerate(codec.scales):
+        for g in grid:
+          k = idx.copy()
+          k[:, i] = g_idx({t: g for t in codec.scales})[i]
+          hat, bits = fwd(params, feats, jnp.asarray(k))
+          mixed = dict(feats, **{s: hat[s]})
+          rates[s][g].append(float(np.mean(bits[f"{s}/y"] + bits[f"{s}/z"])) / pixels)
+          tasks[s][g].append(float(loss_lib.task_distortion(ref, task_fn(denormalize(mixed)))))
+    rows = []
+    try:
+      for s in codec.scales:
+        r = [np.mean(rates[s][g]) for g in grid]
+        t = [np.mean(tasks[s][g]) for g in grid]
+        tr, rg = fit_rate_task_model(r, t), fit_rate_gain_model(grid, r)
+        if tr.b <= 0 or tr.a <= 0:
+          raise errors.InvalidInputError(f"task loss of {s} does not fall with rate")
+        rows.append((s, tr.a, tr.b, tr.c, rg.p, rg.q))
+      out.append(tuple(rows))
+    except errors.InvalidInputError:
+      out.append(None)
+  return tuple(out)

@@ -86,18 +86,28 @@ def eval_data(root: str | os.PathLike, split: str, *, batch_size: int = 8,
 
 
 def _augment(encoded, orig_size, seed, *, size: int, scale_range: Sequence[float], hflip: bool,
-             pad_value: int):
-  """Decode, scale-jitter, pad, crop and flip one image (all randomness from `seed`)."""
+             pad_value: int, letterbox: int = 0):
+  """Decode, scale-jitter, pad, crop and flip one image (all randomness from `seed`).
+
+  With `letterbox` > 0 the image is first resized so its long side is f * letterbox and padded to
+  a letterbox x letterbox square, as the detector's square letterbox at evaluation, then cropped:
+  crops hold the gray borders in the proportion evaluation codes them.
+  """
   image = coco_folder.decode_image(encoded)
   seeds = tf.random.experimental.stateless_split(seed, 3)
   h = tf.cast(tf.shape(image)[0], tf.float32)
   w = tf.cast(tf.shape(image)[1], tf.float32)
   f = tf.random.stateless_uniform((), seeds[0], scale_range[0], scale_range[1])
-  scale = f * size / tf.minimum(h, w)
+  if letterbox:
+    scale = f * letterbox / tf.maximum(h, w)
+    target = max(size, letterbox)
+  else:
+    scale = f * size / tf.minimum(h, w)
+    target = size
   new_hw = tf.maximum(tf.cast(tf.round(tf.stack([h, w]) * scale), tf.int32), 1)
   resized = tf.image.resize(image, new_hw, antialias=True)
-  pad_h = tf.maximum(size - new_hw[0], 0)
-  pad_w = tf.maximum(size - new_hw[1], 0)
+  pad_h = tf.maximum(target - new_hw[0], 0)
+  pad_w = tf.maximum(target - new_hw[1], 0)
   padded = tf.pad(resized, [[pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2],
                             [0, 0]], constant_values=float(pad_value))
   crop = tf.image.stateless_random_crop(padded, (size, size, 3), seeds[1])
@@ -112,7 +122,8 @@ def train_dataset(root: str | os.PathLike, split: str, *, size: int = 256, batch
                   seed: int = 0, scale_range: Sequence[float] = (1.0, 1.5), hflip: bool = True,
                   pad_value: int = 114, dtype: str = "float32", shuffle_buffer: int = 1024,
                   data_dir: str | os.PathLike | None = None, shard_index: int | None = None,
-                  num_shards: int | None = None, repeat: bool = True) -> tf.data.Dataset:
+                  num_shards: int | None = None, repeat: bool = True,
+                  letterbox: int = 0) -> tf.data.Dataset:
   """Augmented, shuffled, repeated and batched square crops for codec training.
 
   Args:
@@ -131,6 +142,8 @@ def train_dataset(root: str | os.PathLike, split: str, *, size: int = 256, batch
     shard_index, num_shards: this process's share (default `jax.process_index()` of
       `jax.process_count()`).
     repeat: repeat forever (False: one pass, for tests and finite loops).
+    letterbox: > 0: scale the long side to f * letterbox and pad to a letterbox square before
+      cropping (crops at the evaluation scale, borders included); 0: scale the short side.
   """
   if dtype not in ("float32", "uint8"):
     raise ValueError(f"dtype must be 'float32' or 'uint8', got {dtype!r}")
@@ -157,7 +170,7 @@ def train_dataset(root: str | os.PathLike, split: str, *, size: int = 256, batch
     encoded, orig_size, image_id = example
     image, orig_size, scale = _augment(
         encoded, orig_size, tf.stack([tf.constant(stream, tf.int64), i]), size=size,
-        scale_range=(lo, hi), hflip=hflip, pad_value=pad_value)
+        scale_range=(lo, hi), hflip=hflip, pad_value=pad_value, letterbox=letterbox)
     image = image / 255.0 if dtype == "float32" else tf.cast(image, tf.uint8)
     return dict(image=image, orig_size=orig_size, scale=scale, id=image_id)
 

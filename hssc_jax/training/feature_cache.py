@@ -5,6 +5,8 @@ can be computed once and reused for many training steps: `build` runs the traini
 for `variants` passes over the sources, applies part 1 under jit and stores every scale as a
 float16 `.npy` (memory-mapped when read). `FeatureCache.batch(step)` then draws a batch with
 randomness keyed by (seed, step), so a resumed run sees exactly the batches it would have seen.
+Flips happen to the images before part 1 (the pipeline's `hflip`), never to the cached feature
+maps: a flipped feature map is not the feature map of the flipped image.
 
 The cache folder is keyed by a digest of everything that determines its content (detector and its
 weights, sources, crop size, augmentation, variants, seed); a finished cache has a `done` marker.
@@ -38,12 +40,7 @@ class FeatureCache:
     rng = np.random.default_rng([self.seed, step])
     idx = np.sort(rng.choice(self.num_examples, batch_size * num_shards, replace=False))
     idx = idx[shard_index * batch_size:(shard_index + 1) * batch_size]
-    flips = rng.random(batch_size * num_shards)[shard_index * batch_size:][:batch_size] < 0.5
-    feats = {}
-    for s, a in self.arrays.items():
-      x = np.asarray(a[idx], np.float32)
-      x[flips] = x[flips, :, ::-1]  # Horizontal flips of the feature maps as extra augmentation.
-      feats[s] = x
+    feats = {s: np.asarray(a[idx], np.float32) for s, a in self.arrays.items()}
     return {"features": feats, "pixels": np.full((batch_size,), float(self.size**2), np.float32)}
 
 
@@ -53,11 +50,11 @@ def cache_key(**parts: Any) -> str:
 
 def build(folder: str | Path, batches: Iterator[Mapping[str, np.ndarray]], num_batches: int,
           part1: Callable[[np.ndarray], Mapping[str, Any]], scales: Sequence[str], size: int,
-          meta: Mapping[str, Any]) -> FeatureCache:
+          meta: Mapping[str, Any], seed: int = 0) -> FeatureCache:
   """Fills `folder` with part-1 features of `num_batches` batches (skipped when already done)."""
   folder = Path(folder)
   if (folder / "done").exists():
-    return FeatureCache(folder)
+    return FeatureCache(folder, seed)
   folder.mkdir(parents=True, exist_ok=True)
   writers: dict[str, np.ndarray] = {}
   row = 0
@@ -76,4 +73,4 @@ def build(folder: str | Path, batches: Iterator[Mapping[str, np.ndarray]], num_b
   (folder / "meta.json").write_text(json.dumps(dict(meta, scales=list(scales), size=size,
                                                     examples=row), indent=2, default=str))
   (folder / "done").write_text("ok\n")
-  return FeatureCache(folder)
+  return FeatureCache(folder, seed)

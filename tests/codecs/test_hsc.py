@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import common
 from configs import hsc as hsc_config
 from hssc_jax import bitstream
 from hssc_jax import errors
@@ -132,7 +133,7 @@ def test_configs_and_registry():
     codec = registry.build_codec("hsc", kw, ("p3", "p4", "p5"), (32, 48, 64))
     assert isinstance(codec, HSCCodec) and codec.channels == (32, 48, 64)
   assert hsc_config.get_config("smoke").codec.kwargs.latent_channels == 8
-  assert len(hsc_config.get_sweep()) == 4
+  assert len(hsc_config.get_sweep()) == len(common.LAMBDAS)
   with pytest.raises(errors.ConfigError, match="detector"):
     registry.build_codec("hsc", {"scales": ("p3",)}, ("p3", "p4", "p5"), (32, 48, 64))
 

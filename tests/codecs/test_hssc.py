@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import common
 from configs import hssc as hssc_config
 from hssc_jax import bitstream
 from hssc_jax import errors
@@ -93,7 +94,7 @@ def test_configs_and_registry():
     assert (kw.inter_scale, kw.adaptive_reconstruction) == (inter, adaptive)
     codec = registry.build_codec("hssc", kw, ("p3", "p4", "p5"), (32, 48, 64))
     assert isinstance(codec, HSSCCodec) and codec.inter_scale == inter
-  assert len(hssc_config.get_sweep()) == 4
+  assert len(hssc_config.get_sweep()) == len(common.LAMBDAS)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import common
 from configs import mfiba as mfiba_config
 from hssc_jax import bitstream
 from hssc_jax import errors
@@ -74,7 +75,7 @@ def test_round_trip_allocation_in_bitstream_and_bad_inputs(model):
   c = bitstream.unpack(data)
   assert set(c.streams) == {f"{s}/{k}" for s in SCALES for k in ("y", "z")}
   assert c.metadata["allocation"] == np.asarray(ev["gain_indexes"])[0].tolist()
-  shown = codec.read_allocation(data)
+  shown = codec.read_allocation(params, tables, data)
   alloc = codec.allocation(params, one)
   table, _ = codec.gains
   for i, s in enumerate(SCALES):
@@ -103,7 +104,7 @@ def test_explicit_gains_set_the_rate_per_scale(model):
   sizes = {}
   for g in (0.25, 1.0, 4.0):
     data = codec.compress_with_gains(params, tables, one, (320, 320), {s: g for s in SCALES})
-    shown = codec.read_allocation(data).values()
+    shown = codec.read_allocation(params, tables, data).values()
     assert all(v["gain"] == pytest.approx(g, rel=1e-6) for v in shown)
     c = bitstream.unpack(data)
     sizes[g] = {s: c.stream_bits[f"{s}/y"] for s in SCALES}
@@ -178,14 +179,14 @@ def test_config_errors():
 def test_configs_and_registry():
   for arg in ("smoke", "", "context,exponent=0,gain_range=2"):
     config = mfiba_config.get_config(arg)
-    assert config.codec.name == "mfiba" and config.loss.lmbda == 2.0
+    assert config.codec.name == "mfiba" and tuple(config.loss.lmbdas) == common.LAMBDAS
     codec = registry.build_codec("mfiba", config.codec.kwargs, SCALES, (32, 48, 64))
     assert isinstance(codec, MFIBACodec)
   assert mfiba_config.get_config("smoke").codec.kwargs.mfip_channels == 8
   kw = mfiba_config.get_config("").codec.kwargs
   assert tuple(kw.latent_channels) == (64, 96, 128) and kw.gain_range == 4.0
   assert codec.importance_exponent == 0 and codec.gain_range == 2 and codec.context_slices == 4
-  assert len(mfiba_config.get_sweep()) == 4
+  assert len(mfiba_config.get_sweep()) == len(common.LAMBDAS)
 
 
 # ---- task loss-rate model and bit allocation ---------------------------------------------------
