@@ -41,7 +41,7 @@ from hssc_jax.data import pipeline
 from hssc_jax.metrics import coco
 from hssc_jax.metrics import rd
 
-KINDS = ("learned", "feature_anchor", "image_anchor")
+KINDS = ("learned", "zoo", "feature_anchor", "image_anchor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,8 @@ class Point:
   workdir: str = ""
   qp: int = 0
   inner: str = "hevc"
+  model: str = ""  # zoo model name (kind "zoo")
+  quality: int = 0
 
 
 def _slug(s: str) -> str:
@@ -66,7 +68,7 @@ def points_of(config: ml_collections.ConfigDict) -> list[Point]:
     name, kind = m.get("name"), m.get("kind")
     if not name or kind not in KINDS:
       raise errors.ConfigError(f"methods[{i}] needs a name and a kind in {KINDS}, got {m}")
-    unknown = set(m) - {"name", "kind", "workdirs", "qps", "inner"}
+    unknown = set(m) - {"name", "kind", "workdirs", "qps", "inner", "model", "qualities"}
     if unknown:
       raise errors.ConfigError(f"methods[{i}] ({name}) has unknown keys {sorted(unknown)}")
     if kind == "learned":
@@ -78,6 +80,16 @@ def points_of(config: ml_collections.ConfigDict) -> list[Point]:
           raise errors.ConfigError(f"methods[{i}] ({name}): {w} holds no trained codec "
                                    "(run.json missing); train it with train.py first")
       out += [Point(name, kind, Path(w).name, workdir=str(w)) for w in workdirs]
+    elif kind == "zoo":
+      from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+      model = m.get("model") or name
+      if model not in zoo.names():
+        raise errors.ConfigError(f"methods[{i}] ({name}): no zoo model {model!r}; the zoo has "
+                                 f"{zoo.names()}")
+      qualities = [int(q) for q in (m.get("qualities") or [])]
+      if not qualities:
+        raise errors.ConfigError(f"methods[{i}] ({name}) lists no qualities")
+      out += [Point(name, kind, f"q{q}", model=model, quality=q) for q in qualities]
     else:
       qps = [int(q) for q in (m.get("qps") or [])]
       if not qps:
@@ -95,9 +107,11 @@ class _Coder:
   """compress/decompress of one image's pyramid for one operating point."""
 
   def __init__(self, compress: Callable[[dict, tuple], bytes], decompress: Callable[[bytes], dict],
-               allocation: Callable[[bytes], dict] | None = None):
+               allocation: Callable[[bytes], dict] | None = None,
+               stream_bits: Callable[[bytes], dict] | None = None):
     self.compress, self.decompress = compress, decompress
     self.allocation = allocation  # bitstream -> what a bit-allocating codec chose for the image
+    self.stream_bits = stream_bits or (lambda data: bitstream.unpack(data).stream_bits)
 
 
 def _learned_coder(point: Point, scales: Sequence[str]) -> _Coder:
@@ -106,9 +120,23 @@ def _learned_coder(point: Point, scales: Sequence[str]) -> _Coder:
   if list(run["scales"]) != list(scales):
     raise errors.ConfigError(f"{point.workdir} codes scales {run['scales']}, the detector "
                              f"gives {list(scales)}")
+  return _codec_coder(codec, params, tables)
+
+
+def _codec_coder(codec, params, tables) -> _Coder:
+  allocation = None
+  if hasattr(codec, "read_allocation"):
+    allocation = lambda data: codec.read_allocation(params, tables, data)
   return _Coder(lambda f, size: codec.compress(params, tables, f, size),
-                lambda data: codec.decompress(params, tables, data),
-                getattr(codec, "read_allocation", None))
+                lambda data: codec.decompress(params, tables, data), allocation,
+                lambda data: codec.unpack(params, tables, data).stream_bits)
+
+
+def _zoo_coder(point: Point, scales: Sequence[str], channels: Sequence[int]) -> _Coder:
+  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+  model = zoo.load(point.model, point.quality)
+  zoo.check_detector(model, scales, channels)
+  return _codec_coder(model.codec, model.params, model.tables)
 
 
 def feature_anchor(config: ml_collections.ConfigDict, codec_name: str, detector, det_vars,
@@ -207,8 +235,7 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
         pixels = float(size[0] * size[1])
         bits.append(8 * len(blob))
         pixels_all.append(pixels)
-        c = bitstream.unpack(blob)
-        for k, b in c.stream_bits.items():
+        for k, b in coder.stream_bits(blob).items():
           stream_bpp.setdefault(k, []).append(b)
         if getattr(coder, "allocation", None) is not None:  # e.g. MFIBA's per-scale gains
           allocations.append({"image_id": ids[i], **coder.allocation(blob)})
@@ -223,7 +250,8 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
     ids_all += ids
   metrics = coco.coco_evaluate(data.annotation_path, results, image_ids=ids_all)
   out = dict(method=point.method, point=point.label, kind=point.kind, workdir=point.workdir,
-             qp=point.qp, inner=point.inner if point.kind != "learned" else "",
+             qp=point.qp, inner=point.inner if "anchor" in point.kind else "",
+             model=point.model, quality=point.quality,
              bpp=float(np.sum(bits) / np.sum(pixels_all)),
              mean_image_bpp=float(np.mean(np.asarray(bits) / np.asarray(pixels_all))),
              bytes_per_image=float(np.mean(bits)) / 8, mAP=metrics["mAP"], AP50=metrics["AP50"],
@@ -270,6 +298,9 @@ def evaluate_codecs(config: ml_collections.ConfigDict, workdir: str | os.PathLik
       continue
     if p.kind == "learned":
       coder = _learned_coder(p, detector.feature_names)
+    elif p.kind == "zoo":
+      from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
+      coder = _zoo_coder(p, detector.feature_names, factory.feature_channels(detector, det_vars))
     elif p.kind == "feature_anchor":
       fa = feature_anchor(config, p.inner, detector, det_vars, workdir)
       coder = _Coder(lambda f, size, fa=fa, qp=p.qp: fa.compress(f, size, qp), fa.decompress)

@@ -2,9 +2,10 @@ r"""Rate-accuracy comparison of feature codecs and anchors: `eval.py` mode "code
 
 Default: YOLOv5n (v6.0 COCO weights) on ../shared/data/coco-mini val2017 (79 images, square 640
 letterbox), every method of the README table: the HEVC feature anchor and image anchor at the QPs
-of ../shared/reference/anchors-coco-mini, and the learned codecs trained by `runs/launch.sh`
-(workdirs `<runs>/<method>_l<lambda>`; methods without a finished run are left out, so a partial
-set of runs still evaluates).
+of ../shared/reference/anchors-coco-mini, and learned codecs trained with fixed lambdas (workdirs
+`<runs>/<method>_l<lambda>`, from `python train.py --config configs/<method>.py:lmbda=L`; methods
+without a finished run are left out, so a partial set of runs still evaluates). The shipped
+variable-rate models are evaluated by `configs/eval/zoo.py`.
 
   python eval.py --config configs/eval/codecs.py --workdir runs/eval_coco
   python eval.py --config configs/eval/codecs.py:runs=/ckpt,max_images=16 --workdir /tmp/e

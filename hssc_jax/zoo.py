@@ -1,0 +1,209 @@
+"""The model zoo: trained codecs shipped in the repository, loadable by name.
+
+  model = zoo.load("lmfc", quality=3)           # a codec fixed at one operating point
+  data = model.compress(features, image_size)    # bytes (a real bitstream)
+  features_hat = model.decompress(data)
+
+One file per method, `hssc_jax/assets/zoo/<name>.hsz`: a variable-rate model (one quality per
+lambda of its training sweep) with float16 parameters. Layout:
+
+```
+  0   8  magic b"HSJXZOO\\0"
+  8   2  format version (big-endian)
+ 10   4  header length n
+ 14   n  JSON header: name, codec, codec_kwargs, scales, channels, detector, lmbdas, steps,
+           payload sha256, fingerprint of each quality
+14+n  *  payload: flax msgpack of the float16 parameters
+```
+
+Loading checks the magic, version, length and SHA-256 (a truncated or damaged file raises
+`ZooError`), rebuilds the CDF tables from the parameters and checks that every quality's
+fingerprint is the one recorded at export: a library change that would decode the zoo's bitstreams
+differently fails loudly instead of silently. `export` writes such a file from a training workdir.
+"""
+
+import dataclasses
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import flax.serialization
+import jax
+import numpy as np
+
+from hssc_jax import errors
+
+ZOO_DIR = Path(__file__).resolve().parent / "assets" / "zoo"
+MAGIC = b"HSJXZOO\0"
+FORMAT_VERSION = 1
+SUFFIX = ".hsz"
+_PREAMBLE = struct.Struct(">8sHI")
+
+
+class ZooError(errors.HsscError, ValueError):
+  """A zoo file that is missing, truncated, damaged, of another version or of another library."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooModel:
+  """A zoo codec at one quality: the codec module, its parameters and tables, and the file's info."""
+
+  codec: Any
+  params: Any
+  tables: Any
+  info: Mapping[str, Any]
+
+  @property
+  def quality(self) -> int:
+    return int(self.codec.quality)
+
+  def compress(self, features: Mapping[str, Any], image_size: Sequence[int]) -> bytes:
+    return self.codec.compress(self.params, self.tables, features, image_size)
+
+  def decompress(self, data: bytes) -> dict[str, np.ndarray]:
+    return self.codec.decompress(self.params, self.tables, data)
+
+  def fingerprint(self) -> bytes:
+    return self.codec.fingerprint(self.params, self.tables)
+
+
+def path_of(name: str, folder: str | Path | None = None) -> Path:
+  return Path(folder or ZOO_DIR) / f"{name}{SUFFIX}"
+
+
+def names(folder: str | Path | None = None) -> list[str]:
+  """The models in the zoo folder."""
+  folder = Path(folder or ZOO_DIR)
+  return sorted(p.name[:-len(SUFFIX)] for p in folder.glob(f"*{SUFFIX}")) if folder.exists() else []
+
+
+def _to_float16(tree: Any) -> Any:
+  return jax.tree.map(lambda a: np.asarray(a, np.float16), tree)
+
+
+def _to_float32(tree: Any) -> Any:
+  return jax.tree.map(lambda a: np.asarray(a, np.float32), tree)
+
+
+def _build(info: Mapping[str, Any]):
+  from hssc_jax.codecs import registry  # pylint: disable=g-import-not-at-top
+  return registry.build_codec(info["codec"], info["codec_kwargs"], info["scales"], info["channels"])
+
+
+def _fingerprints(codec: Any, params: Any, tables: Any) -> list[str]:
+  qualities = max(int(codec.qualities), 1)
+  return [codec.clone(quality=q).fingerprint(params, tables).hex() for q in range(qualities)]
+
+
+def export(workdir: str | Path, name: str, folder: str | Path | None = None) -> Path:
+  """Writes the trained codec of `workdir` as zoo model `name` (float16 parameters)."""
+  from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
+  _, params, _, run = train_lib.load_codec(workdir)
+  run = dict(run, codec_kwargs=dict(run["codec_kwargs"], header="compact"))
+  codec = _build(run)
+  params = _to_float32(_to_float16(jax.device_get(params)))  # what loading will see
+  tables = codec.build_tables(params)
+  payload = flax.serialization.msgpack_serialize(_to_float16(params))
+  metrics_path = Path(workdir) / "final_metrics.json"
+  info = {"name": name, "codec": run["codec"], "codec_kwargs": run["codec_kwargs"],
+          "scales": run["scales"], "channels": run["channels"], "detector": run["detector"],
+          "lmbdas": run.get("lmbdas", []), "steps": _latest_step(workdir),
+          "payload_sha256": hashlib.sha256(payload).hexdigest(),
+          "fingerprints": _fingerprints(codec, params, tables),
+          "final_metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else {}}
+  header = json.dumps(info, sort_keys=True).encode("utf-8")
+  path = path_of(name, folder)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_bytes(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload)
+  tmp.rename(path)
+  return path
+
+
+def _latest_step(workdir: str | Path) -> int:
+  steps = [int(p.stem) for p in (Path(workdir) / "tables").glob("*.npz") if p.stem.isdigit()]
+  return max(steps) if steps else 0
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+  """The JSON header of a zoo file (without reading or checking its parameters)."""
+  path = Path(path)
+  if not path.is_file():
+    raise ZooError(f"zoo file not found: {path}")
+  with open(path, "rb") as f:
+    pre = f.read(_PREAMBLE.size)
+    if len(pre) < _PREAMBLE.size or pre[:len(MAGIC)] != MAGIC:
+      raise ZooError(f"{path} is not a hssc_jax zoo file (bad magic or shorter than its preamble)")
+    _, version, n = _PREAMBLE.unpack(pre)
+    if version != FORMAT_VERSION:
+      raise ZooError(f"{path} is zoo format version {version}; this library reads {FORMAT_VERSION}")
+    raw = f.read(n)
+  try:
+    return json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ZooError(f"{path} has a truncated or damaged header") from e
+
+
+def read(path: str | Path) -> tuple[dict[str, Any], Any]:
+  """(header info, float32 parameters) of a zoo file; ZooError when it is not a sound one."""
+  path = Path(path)
+  if not path.is_file():
+    raise ZooError(f"zoo file not found: {path}")
+  data = path.read_bytes()
+  if len(data) < _PREAMBLE.size or data[:len(MAGIC)] != MAGIC:
+    raise ZooError(f"{path} is not a hssc_jax zoo file (bad magic or shorter than its preamble)")
+  _, version, n = _PREAMBLE.unpack_from(data)
+  if version != FORMAT_VERSION:
+    raise ZooError(f"{path} is zoo format version {version}; this library reads {FORMAT_VERSION}")
+  if _PREAMBLE.size + n > len(data):
+    raise ZooError(f"{path} is truncated: its header runs past the end of the file")
+  try:
+    info = json.loads(data[_PREAMBLE.size:_PREAMBLE.size + n].decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ZooError(f"{path} has a damaged header") from e
+  payload = data[_PREAMBLE.size + n:]
+  if not isinstance(info, dict) or hashlib.sha256(payload).hexdigest() != info.get("payload_sha256"):
+    raise ZooError(f"{path} is truncated or damaged: its parameters fail the SHA-256 check")
+  try:
+    params = flax.serialization.msgpack_restore(payload)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ZooError(f"{path}: parameters cannot be read ({e})") from e
+  return info, _to_float32(params)
+
+
+def load(name: str, quality: int | None = None, folder: str | Path | None = None) -> ZooModel:
+  """Zoo model `name` at `quality` (0 = lowest rate; None = the highest).
+
+  Raises ConfigError for an unknown name or quality, ZooError for a bad file or a model whose
+  fingerprint no longer matches the one recorded at export.
+  """
+  path = path_of(name, folder)
+  if not path.exists():
+    raise errors.ConfigError(f"no zoo model {name!r}; the zoo has {names(folder)}")
+  info, params = read(path)
+  codec = _build(info)
+  qualities = max(int(codec.qualities), 1)
+  if quality is None:
+    quality = qualities - 1
+  if not isinstance(quality, (int, np.integer)) or not 0 <= quality < qualities:
+    raise errors.ConfigError(f"zoo model {name!r} has qualities 0..{qualities - 1}, got {quality!r}")
+  codec = codec.clone(quality=int(quality)) if codec.qualities else codec
+  tables = codec.build_tables(params)
+  want = info.get("fingerprints") or []
+  got = codec.fingerprint(params, tables).hex()
+  if len(want) != qualities or got != want[int(quality)]:
+    raise ZooError(f"zoo model {name!r} quality {quality}: fingerprint {got} differs from the one "
+                   "recorded at export; this library would not decode its bitstreams the same way")
+  return ZooModel(codec, params, tables, info)
+
+
+def check_detector(model: ZooModel, scales: Sequence[str], channels: Sequence[int]) -> None:
+  """ConfigError unless the detector gives the scales and channel counts the model was trained on."""
+  want = (list(model.info["scales"]), [int(c) for c in model.info["channels"]])
+  if (list(scales), [int(c) for c in channels]) != want:
+    raise errors.ConfigError(
+        f"zoo model {model.info['name']!r} codes scales {want[0]} with channels {want[1]} "
+        f"(detector {model.info['detector'].get('name')}), this detector gives {list(scales)} "
+        f"with {list(channels)}")

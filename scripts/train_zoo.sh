@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Trains (or resumes) the variable-rate model of every method in the background, then exports each
+# finished one into the zoo (hssc_jax/assets/zoo/<method>.hsz). Logs: $RUNS/<method>.log.
+#
+#   scripts/train_zoo.sh                       # all five methods, 2 at a time, 1600 steps each
+#   METHODS="base lmfc" STEPS=3000 PARALLEL=1 scripts/train_zoo.sh
+#
+# Rerunning it resumes every unfinished run from its last orbax checkpoint (the same batches as an
+# uninterrupted run) and re-exports. Progress: tail -f $RUNS/*.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-runs/zoo_train}
+STEPS=${STEPS:-1600}
+PARALLEL=${PARALLEL:-2}
+METHODS=${METHODS:-"base lmfc hssc hsc mfiba"}
+PY=${PY:-.venv/bin/python}
+mkdir -p "$RUNS"
+train_one() {
+  m=$1
+  config=$m; [ "$m" = base ] && config=base
+  "$PY" train.py --config "configs/$config.py:steps=$STEPS" --workdir "$RUNS/$m" \
+    --config.data.cache_dir="$RUNS/feature_cache" --config.progress=False >> "$RUNS/$m.log" 2>&1
+  "$PY" -c "from hssc_jax import zoo; print(zoo.export('$RUNS/$m', '$m'))" >> "$RUNS/$m.log" 2>&1
+}
+export -f train_one
+export RUNS STEPS PY
+nohup bash -c "printf '%s\n' $METHODS | xargs -P $PARALLEL -I{} bash -c 'train_one {}'" \
+  > "$RUNS/train_zoo.log" 2>&1 &
+echo "training $METHODS in the background ($PARALLEL at a time); logs in $RUNS/"

@@ -1,0 +1,265 @@
+"""The training recipe: normalization, variable rate, the task term, the compact container, the
+feature cache without flips, exact resume, MFIBA's encode-time allocation and the model zoo."""
+
+import json
+import struct
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base as base_config
+from hssc_jax import bitstream, errors, train_lib, zoo
+from hssc_jax.codecs import registry
+from hssc_jax.codecs.hyperprior import HyperpriorCodec
+from hssc_jax.codecs.mfiba import MFIBACodec
+from hssc_jax.training import feature_cache
+from hssc_jax.training import loss as loss_lib
+
+SCALES = ("p3", "p4", "p5")
+CHANNELS = (4, 8, 8)
+SMALL = dict(channels=CHANNELS, latent_channels=8, hidden_channels=8, hyper_channels=8)
+
+
+def _feats(seed=0, size=16, batch=1, scale=1.0, offset=0.0):
+  rng = np.random.default_rng(seed)
+  return {s: (offset + scale * rng.normal(size=(batch, size >> i, size >> i, c))).astype(np.float32)
+          for i, (s, c) in enumerate(zip(SCALES, CHANNELS))}
+
+
+def _init(codec, feats):
+  key = jax.random.PRNGKey(0)
+  params = codec.init({"params": key, "noise": key}, codec.normalize(feats), True)["params"]
+  return params, codec.build_tables(params)
+
+
+def test_fit_feature_norm_and_normalized_round_trip():
+  feats = _feats(batch=4, scale=3.0, offset=2.0)
+  norm = train_lib.fit_feature_norm(iter([feats, feats]), 2, SCALES)
+  for (s, mean, std), c in zip(norm, CHANNELS):
+    x = feats[s].reshape(-1, c).astype(np.float64)
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std, x.std(0), rtol=1e-5)
+  codec = HyperpriorCodec(**SMALL, feature_norm=norm)
+  one = {s: a[:1] for s, a in feats.items()}
+  z = codec.normalize(one)
+  assert all(abs(float(np.mean(z[s]))) < 1.0 for s in SCALES)
+  np.testing.assert_allclose(codec.denormalize(z)["p3"], one["p3"], rtol=1e-5, atol=1e-5)
+  params, tables = _init(codec, one)
+  out = codec.decompress(params, tables, codec.compress(params, tables, one, (64, 64)))
+  ev = codec.denormalize(codec.apply({"params": params}, z, False)["features_hat"])
+  for s in SCALES:
+    np.testing.assert_allclose(out[s], ev[s], atol=1e-4)
+  with pytest.raises(errors.ConfigError, match="feature_norm"):
+    HyperpriorCodec(**SMALL, feature_norm=norm[:2]).normalize(one)
+  with pytest.raises(errors.InvalidInputError, match="channels"):
+    codec.compress(params, tables, {**one, "p4": np.zeros((1, 8, 8, 5), np.float32)}, (64, 64))
+
+
+def test_variable_rate_qualities_order_rates_and_bind_bitstreams():
+  codec = HyperpriorCodec(**SMALL, qualities=3)
+  one = _feats(size=32)
+  params, tables = _init(codec, one)
+  assert params["models_p3"]["gain"].shape == (3, 8)
+  sizes = []
+  for q in range(3):
+    c = codec.clone(quality=q)
+    data = c.compress(params, tables, one, (256, 256))
+    sizes.append(len(data))
+    out = c.decompress(params, tables, data)
+    ev = c.apply({"params": params}, one, False)["features_hat"]
+    np.testing.assert_allclose(out["p4"], ev["p4"], atol=1e-4)
+    if q:
+      with pytest.raises(errors.ModelMismatchError):
+        codec.clone(quality=q - 1).decompress(params, tables, data)
+  # Initial gains spread over GAIN_RANGE: a higher quality scales the latents up, costs more bits.
+  assert sizes[0] < sizes[1] < sizes[2], sizes
+
+
+def test_train_step_samples_a_quality_per_step_with_its_lambda():
+  import optax  # pylint: disable=g-import-not-at-top
+  codec = HyperpriorCodec(**SMALL, qualities=4)
+  feats = _feats(batch=2, size=16)
+  params, _ = _init(codec, feats)
+  tx = optax.adam(1e-3)
+  step = jax.jit(train_lib.make_train_step(codec, tx, jax.random.PRNGKey(1), (1.0, 2.0, 4.0, 8.0),
+                                           {}))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  seen = set()
+  for _ in range(12):
+    state, m = step(state, {"features": feats, "pixels": np.full((2,), 256.0, np.float32)})
+    q = int(m["quality"])
+    seen.add(q)
+    lmbda = (1.0, 2.0, 4.0, 8.0)[q]
+    np.testing.assert_allclose(float(m["loss"]), float(m["bpp"]) + lmbda * float(m["mse"]),
+                               rtol=1e-5)
+  assert len(seen) >= 3
+
+
+def test_task_distortion_weights_object_rows():
+  rng = np.random.default_rng(0)
+  ref = jnp.asarray(rng.normal(size=(1, 50, 85)).astype(np.float32))
+  ref = ref.at[:, :, 4].set(-9.0).at[:, 7, 4].set(4.0)  # one object row, the rest background
+  assert float(loss_lib.task_distortion(ref, ref)) == 0.0
+  bump = jnp.zeros_like(ref).at[:, :, 5].set(2.0)
+  on_object = ref + bump * (jnp.arange(50) == 7)[None, :, None]
+  on_background = ref + bump * (jnp.arange(50) == 20)[None, :, None]
+  assert float(loss_lib.task_distortion(ref, on_object)) > 20 * float(
+      loss_lib.task_distortion(ref, on_background))
+  # A spurious detection (objectness raised on a background row) is weighted like an object.
+  spurious = ref.at[:, 20, 4].set(4.0)
+  assert float(loss_lib.task_distortion(ref, spurious)) > float(
+      loss_lib.task_distortion(ref, on_background))
+
+
+def test_feature_cache_batches_are_stored_maps_and_reproducible(tmp_path):
+  feats = _feats(batch=6, size=8)
+  batches = iter([{"image": np.zeros((6, 1, 1, 3), np.float32)}] * 2)
+  cache = feature_cache.build(tmp_path, batches, 1, lambda x: feats, SCALES, 64, {}, seed=3)
+  a, b = cache.batch(5, 4), cache.batch(5, 4)
+  for s in SCALES:
+    np.testing.assert_array_equal(a["features"][s], b["features"][s])
+    for row in a["features"][s]:  # every example is a stored map as it is, never flipped
+      assert any(np.array_equal(row, x.astype(np.float16).astype(np.float32)) for x in feats[s])
+
+
+def test_cached_stream_resumes_at_the_exact_batch(tmp_path):
+  config = base_config.get_config("smoke")
+  with config.unlocked():
+    config.data.cache_features = True
+    config.data.cache_variants = 2
+    config.data.cache_dir = str(tmp_path / "cache")
+  from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
+  det, variables = factory.build(config.detector)
+  batches_from, kind = train_lib._image_batches(  # pylint: disable=protected-access
+      config, det, variables, tmp_path, factory.identity(config.detector))
+  assert kind == "features"
+  it = batches_from(0)
+  stream = [next(it) for _ in range(4)]
+  resumed = next(batches_from(3))
+  for s in resumed["features"]:
+    np.testing.assert_array_equal(resumed["features"][s], stream[3]["features"][s])
+
+
+def _compact_codecs():
+  return {
+      "hyperprior": (HyperpriorCodec(**SMALL, header="compact"), {}),
+      "lmfc": (registry.build_codec("lmfc", dict(fused_channels=8, latent_channels=8,
+                                                 hidden_channels=8, hyper_channels=8, stages=0,
+                                                 predictor_hidden=8, header="compact"),
+                                    SCALES, CHANNELS), {}),
+      "mfiba": (MFIBACodec(**SMALL, mfip_channels=4, header="compact"), {}),
+  }
+
+
+@pytest.mark.parametrize("name", ["hyperprior", "lmfc", "mfiba"])
+def test_compact_container_round_trip_size_and_hostile_headers(name):
+  codec, _ = _compact_codecs()[name]
+  one = _feats(size=32)
+  params, tables = _init(codec, one)
+  data = codec.compress(params, tables, one, (480, 640))
+  full = codec.clone(header="full").compress(params, tables, one, (480, 640))
+  c = codec.unpack(params, tables, data)
+  payload = sum(len(v) for v in c.streams.values())
+  assert bitstream.is_compact(data) and len(data) - payload <= 40 < len(full) - payload
+  assert c.image_size == (480, 640)
+  out = codec.decompress(params, tables, data)
+  ref = codec.clone(header="full").decompress(params, tables, full)
+  for s in SCALES:
+    np.testing.assert_array_equal(out[s], ref[s])
+  # Truncation, bit flips and foreign models.
+  for bad in (data[:-1], data[:5], data[:-4] + b"\0\0\0\0", b"Hj\x03" + data[3:]):
+    with pytest.raises(errors.BitstreamError):
+      codec.decompress(params, tables, bad)
+  key = jax.random.PRNGKey(1)  # the same model trained otherwise: other weights
+  other_params = codec.init({"params": key, "noise": key}, one, True)["params"]
+  with pytest.raises(errors.ModelMismatchError):
+    codec.decompress(other_params, codec.build_tables(other_params), data)
+
+  def forge(body: bytes) -> bytes:  # valid checksum over lying fields
+    return body + struct.pack(">I", zlib.crc32(body))
+
+  fp = codec.fingerprint(params, tables)[:4]
+  head = b"Hj\x02" + fp
+  for lie in (b"\x00\x00" + b"\x00\x02\x02",            # image size 0
+              b"\x01\x01" + b"\x00\xff\x7f\xff\x7f",    # feature side 16383 > MAX_FEATURE_SIDE
+              b"\x01\x01" + b"\x07\x04\x04",            # 7 explicit sizes for 3 scales
+              b"\x01\x01" + b"\x00\x08\x08" + b"\xff\xff\xff\x0f",  # stream longer than the data
+              b"\x01\x01" + b"\x00\x08\x08" + b"\xff" * 12):        # a varint that never ends
+    with pytest.raises(errors.BitstreamError):
+      codec.decompress(params, tables, forge(head + lie))
+
+
+def test_mfiba_encode_time_allocation_follows_task_models():
+  codec = MFIBACodec(**SMALL, mfip_channels=4)
+  one = _feats(size=32)
+  params, tables = _init(codec, one)
+  importance, idx = (np.asarray(a)[0] for a in codec.apply(
+      {"params": params}, one, method=MFIBACodec.allocation_indexes))
+  assert codec.choose_indexes(importance, idx) == [int(i) for i in idx]  # no models: MFIP's
+  # p3's task loss falls steeply with rate, p5's barely: p3 gets the larger gain.
+  rows = (("p3", 1.0, 20.0, 0.0, 0.05, 0.02), ("p4", 1.0, 5.0, 0.0, 0.05, 0.02),
+          ("p5", 1.0, 0.5, 0.0, 0.05, 0.02))
+  fitted = codec.clone(allocation_models=(rows,))
+  chosen = fitted.choose_indexes(np.ones(3), idx)
+  assert chosen[0] > chosen[2]
+  data = fitted.compress(params, tables, one, (256, 256))
+  assert [v["index"] for v in fitted.read_allocation(params, tables, data).values()] == chosen
+  assert fitted.fingerprint(params, tables) != codec.fingerprint(params, tables)
+  with pytest.raises(errors.ConfigError, match="allocation_models"):
+    MFIBACodec(**SMALL, allocation_models=((("p9", 1, 1, 0, 0, 1),),)).init(
+        jax.random.PRNGKey(0), one, False)
+
+
+@pytest.fixture(scope="module")
+def smoke_zoo(tmp_path_factory):
+  root = tmp_path_factory.mktemp("zoo")
+  config = base_config.get_config("smoke")
+  with config.unlocked():
+    config.progress = False
+    config.steps = 2
+  train_lib.train_and_evaluate(config, str(root / "run"))
+  path = zoo.export(root / "run", "tiny", root / "zoo")
+  return root, path
+
+
+def test_zoo_export_load_code_and_bad_files(smoke_zoo):
+  root, path = smoke_zoo
+  folder = root / "zoo"
+  assert zoo.names(folder) == ["tiny"]
+  info = zoo.read_info(path)
+  qualities = int(info["codec_kwargs"]["qualities"])
+  assert len(info["fingerprints"]) == qualities > 1
+  model = zoo.load("tiny", 1, folder)
+  assert model.quality == 1 and model.codec.header == "compact"
+  rng = np.random.default_rng(0)
+  feats = {s: rng.normal(size=(1, 16 >> i, 16 >> i, c)).astype(np.float32)
+           for i, (s, c) in enumerate(zip(info["scales"], info["channels"]))}
+  data = model.compress(feats, (128, 128))
+  assert model.decompress(data)["p3"].shape == feats["p3"].shape
+  with pytest.raises(errors.ModelMismatchError):
+    zoo.load("tiny", 0, folder).decompress(data)
+  with pytest.raises(errors.ConfigError, match="no zoo model"):
+    zoo.load("nope", 0, folder)
+  with pytest.raises(errors.ConfigError, match="qualities"):
+    zoo.load("tiny", qualities, folder)
+  with pytest.raises(errors.ConfigError, match="channels"):
+    zoo.check_detector(model, info["scales"], [c + 1 for c in info["channels"]])
+  blob = path.read_bytes()
+  bad = root / "bad"
+  bad.mkdir()
+  for damaged in (blob[:len(blob) // 2], blob[:20], b"HSJXZOO\0\x00\x09" + blob[10:],
+                  blob[:-1] + bytes([blob[-1] ^ 1])):
+    (bad / "tiny.hsz").write_bytes(damaged)
+    with pytest.raises(zoo.ZooError):
+      zoo.load("tiny", 0, bad)
+  # A header whose recorded fingerprints do not match what this library builds from the weights.
+  n = struct.unpack(">I", blob[10:14])[0]
+  header = json.loads(blob[14:14 + n])
+  header["fingerprints"] = ["00" * 16] * qualities
+  raw = json.dumps(header).encode()
+  (bad / "tiny.hsz").write_bytes(blob[:10] + struct.pack(">I", len(raw)) + raw + blob[14 + n:])
+  with pytest.raises(zoo.ZooError, match="fingerprint"):
+    zoo.load("tiny", 0, bad)
