@@ -15,7 +15,7 @@ SHARED = Path(os.environ.get("HSSC_SHARED", REPO.parent / "shared"))
 # lambda values of the standard rate-distortion sweep: the weight of the distortion (mean squared
 # error of per-channel normalized features + TASK_WEIGHT x the object-weighted head distillation,
 # `training.loss`) against bits per pixel. A variable-rate model trains one quality per lambda.
-LAMBDAS = (0.25, 1.0, 4.0, 16.0, 64.0, 256.0)
+LAMBDAS = (0.015, 0.05, 0.15, 0.5, 1.5, 5.0)
 TASK_WEIGHT = 100.0
 
 
@@ -90,6 +90,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
   c.seed = 0
+  c.init_from = ""  # a workdir whose latest parameters start this run (warm start, new optimizer)
   c.distributed = False
   c.progress = True
 

@@ -253,7 +253,8 @@ def fingerprint(*objects: Any) -> bytes:
 #         ceil(h / 2), ceil(w / 2) (a pyramid); k > 0: k explicit (h, w) varint pairs
 #   *     varint lengths of every stream but the last, in template order
 #   *     metadata: a bitmap (one bit per key, sorted) of values equal to the template's, then the
-#         other values in key order (non-negative ints as varints, lists element-wise, strings)
+#         other values in key order (ints as zigzag varints of their difference to the template's,
+#         lists element-wise, strings; the per-stream index digests folded into one, `base`)
 #   *     the streams        N-4  4  CRC-32 of bytes [0, N-4)
 
 COMPACT_MAGIC = b"Hj"
@@ -272,6 +273,7 @@ class Template:
   shapes: Mapping[str, tuple[int, ...]]
   stream_names: tuple[str, ...]
   metadata: Mapping[str, Any]
+  folded: tuple[str, ...] = ()  # metadata keys the codec sends as one combined value
 
 
 def is_compact(data: bytes) -> bool:
@@ -339,8 +341,11 @@ def _encode_value(value: Any, tmpl: Any) -> bytes | None:
   """`value` in the shape of `tmpl`, or None when it does not fit (the caller falls back)."""
   if isinstance(tmpl, bool) or isinstance(value, bool):
     return bytes([int(value)]) if isinstance(value, bool) and isinstance(tmpl, bool) else None
-  if isinstance(tmpl, int):
-    return _varint(value) if isinstance(value, int) and value >= 0 else None
+  if isinstance(tmpl, int):  # zigzag varint of the difference to the template's value
+    if not isinstance(value, int) or isinstance(value, bool):
+      return None
+    d = value - tmpl
+    return _varint(2 * d if d >= 0 else -2 * d - 1)
   if isinstance(tmpl, str):
     if not isinstance(value, str):
       return None
@@ -361,7 +366,8 @@ def _decode_value(r: "_Reader", tmpl: Any, what: str) -> Any:
       raise errors.CorruptBitstreamError(f"metadata {what!r} is not a boolean")
     return bool(b)
   if isinstance(tmpl, int):
-    return _read_varint(r, what)
+    z = _read_varint(r, what)
+    return tmpl + (z // 2 if z % 2 == 0 else -(z + 1) // 2)
   if isinstance(tmpl, str):
     n = _read_varint(r, what)
     try:

@@ -341,6 +341,10 @@ def write_reports(config: ml_collections.ConfigDict, workdir: Path, rows: list[d
                extra=["anchor_bpp_at_same_mAP"] + [f"mse_{s}" for s in names] +
                [f"psnr_{s}" for s in names])
   table = rd.bd_table(rows, anchor_method)
+  methods = {r["method"] for r in rows}
+  for other in config.get("bd_references", None) or ():  # e.g. the image anchor, the base codec
+    if other in methods and other != anchor_method:
+      table += rd.bd_table(rows, other)
   rd.plot(workdir / "rd.png", rows, reference_map=reference.get("mAP"),
           title=f"{reference.get('detector', '')} on {Path(config.data.root).name} "
                 f"{config.data.split} ({reference.get('num_images', '?')} images)")

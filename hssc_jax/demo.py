@@ -9,6 +9,7 @@ generated shapes set (COCO format, train + val)       ShapesNet (shipped: hssc_j
 
   python -m hssc_jax.demo --workdir demo_out          # about 10 minutes on 2 CPU cores
   python -m hssc_jax.demo --workdir demo_out --quick  # a 2-minute version (fewer steps and QPs)
+  python -m hssc_jax.demo --workdir demo_out --ablation  # the base codec's recipe, part by part
 
 Everything is deterministic given the seeds and resumes when rerun (datasets, runs and
 operating points already finished are kept). Results: demo_out/eval/{results.csv, results.json,
@@ -38,13 +39,26 @@ def make_data(root: Path, train_images: int, val_images: int) -> None:
                                     vary_size=True, seed=seed, first_image_id=first)
 
 
+# The base codec's recipe ablation (`--ablation`): each variant turns one part of the recipe off.
+ABLATIONS = {
+    "base_no_norm": {"codec.normalize": False},
+    "base_no_task": {"loss.task_weight": 0.0},
+    "base_no_mixed": {"loss.mixed_fraction": 0.0},
+}
+
+
 def train_config(method: str, lmbda: float, steps: int, root: Path):
-  """configs/<method>.py:smoke widened to `_WIDTHS`, on the shipped ShapesNet and the demo set."""
+  """configs/<method>.py:smoke widened to `_WIDTHS`, on the shipped ShapesNet and the demo set
+  (an `ABLATIONS` name: the base config with that part of the recipe off)."""
   import importlib  # pylint: disable=g-import-not-at-top
-  cfg_mod = importlib.import_module(f"configs.{method}")
+  family = "base" if method in ABLATIONS else method
+  cfg_mod = importlib.import_module(f"configs.{family}")
   config = cfg_mod.get_config(f"smoke,lmbda={lmbda},steps={steps}")
   with config.unlocked():
-    config.codec.kwargs.update(_WIDTHS[method])
+    config.codec.kwargs.update(_WIDTHS[family])
+    for key, value in ABLATIONS.get(method, {}).items():
+      section, field = key.split(".")
+      config[section][field] = value
     config.detector.weights = ""  # the shipped checkpoint
     config.data.sources = [dict(root=str(root / "data"), split="train")]
     config.data.data_dir = str(root / "tfds")
@@ -95,11 +109,15 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="demo_out")
   parser.add_argument("--quick", action="store_true", help="fewer steps, images and QPs")
+  parser.add_argument("--ablation", action="store_true",
+                      help="the base codec with each part of the recipe off (normalization, task "
+                      "term, mixed fine-tune), evaluated beside the full recipe")
   args = parser.parse_args()
+  methods = ("base",) + tuple(ABLATIONS) if args.ablation else ("base", "hssc")
   if args.quick:
-    run(args.workdir, steps=60, train_images=32, val_images=16, quick=True)
+    run(args.workdir, steps=60, train_images=32, val_images=16, quick=True, methods=methods)
   else:
-    run(args.workdir)
+    run(args.workdir, methods=methods)
 
 
 if __name__ == "__main__":

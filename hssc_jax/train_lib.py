@@ -71,9 +71,12 @@ def lambdas_of(config: ml_collections.ConfigDict) -> tuple[float, ...]:
 
 def _identity(config: ml_collections.ConfigDict, kwargs, scales, channels, detector_identity
               ) -> dict[str, Any]:
-  return {"codec": config.codec.name, "codec_kwargs": kwargs, "scales": list(scales),
-          "channels": list(channels), "detector": detector_identity,
-          "lmbdas": list(lambdas_of(config))}
+  ident = {"codec": config.codec.name, "codec_kwargs": kwargs, "scales": list(scales),
+           "channels": list(channels), "detector": detector_identity,
+           "lmbdas": list(lambdas_of(config))}
+  if config.get("init_from", ""):
+    ident["init_from"] = str(config.init_from)
+  return ident
 
 
 def build_codec_for(config: ml_collections.ConfigDict, detector, feature_norm: Any = None) -> Any:
@@ -284,6 +287,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   restored = ckpt.restore(state)
   if restored is not None:
     state = restored
+  elif config.get("init_from", ""):
+    # Warm start (e.g. a new lambda sweep): the parameters of another run, a fresh optimizer.
+    abstract = jax.eval_shape(lambda: state["params"])
+    init, init_step = checkpoints.restore_params(config.init_from, abstract)
+    print(f"initialised from {config.init_from} step {init_step}")
+    state = jax.device_put({"step": state["step"], "params": init, "opt_state": tx.init(init)},
+                           replicated)
   start = int(state["step"])
   batches = batches_from(start)
   if jax.process_index() == 0:
@@ -359,7 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if hook is not None and task_fn is not None and not constants_path.exists():
     # Fitted on batches the run trained on (the first ones of the stream), never on test data.
     it = batches_from(0)
-    fit = [codec.normalize(as_features(next(it))) for _ in range(int(config.get("calibrate_batches", 4)))]
+    fit = [codec.normalize(as_features(next(it)))
+           for _ in range(int(config.get("calibrate_batches", 4)))]
     constants = hook(jax.device_get(state["params"]), fit, float(config.data.size) ** 2, task_fn)
     if jax.process_index() == 0:
       constants_path.write_text(json.dumps(constants))

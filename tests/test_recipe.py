@@ -1,6 +1,7 @@
 """The training recipe: normalization, variable rate, the task term, the compact container, the
 feature cache without flips, exact resume, MFIBA's encode-time allocation and the model zoo."""
 
+import dataclasses
 import json
 import struct
 import zlib
@@ -169,6 +170,15 @@ def test_compact_container_round_trip_size_and_hostile_headers(name):
   ref = codec.clone(header="full").decompress(params, tables, full)
   for s in SCALES:
     np.testing.assert_array_equal(out[s], ref[s])
+  # One combined digest of the streams' entropy indexes: a wrong one (valid checksum) is refused.
+  sizes = ((32, 32), (16, 16), (8, 8))
+  template = codec.template(params, tables, sizes)
+  assert template.folded and "digest" in template.metadata
+  meta = {k: v for k, v in c.metadata.items() if k not in template.folded}
+  meta["digest"] = (meta["digest"] + 1) % 2**14
+  forged = bitstream.pack_compact(dataclasses.replace(c, metadata=meta), sizes, template)
+  with pytest.raises(errors.DeterminismError):
+    codec.decompress(params, tables, forged)
   # Truncation, bit flips and foreign models.
   for bad in (data[:-1], data[:5], data[:-4] + b"\0\0\0\0", b"Hj\x03" + data[3:]):
     with pytest.raises(errors.BitstreamError):

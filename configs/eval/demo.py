@@ -48,5 +48,6 @@ def get_config(arg=None):
       methods.append(dict(name=m, kind="learned", workdirs=workdirs))
   c.methods = methods
   c.anchor_method = "feature anchor (HEVC)"
+  c.bd_references = ["image anchor (HEVC)", "base"]
   c.lock()
   return c

@@ -35,5 +35,7 @@ def get_config(arg=None):
       qualities = max(int(info["codec_kwargs"].get("qualities", 0)), 1)
       methods.append(dict(name=name, kind="zoo", model=name, qualities=list(range(qualities))))
     config.methods = methods
+    # BD-rates against the feature anchor (first), the image anchor and the base codec.
+    config.bd_references = ["image anchor (HEVC)", "base"]
   config.lock()
   return config

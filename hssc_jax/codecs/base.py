@@ -25,6 +25,7 @@ import numpy as np
 
 from hssc_jax import bitstream
 from hssc_jax import errors
+from hssc_jax.entropy import determinism
 
 Pyramid = Mapping[str, Any]
 
@@ -36,6 +37,20 @@ def bits_per_pixel(bits: Any, image_size: Sequence[int]) -> Any:
 
 
 _TEMPLATES: dict = {}
+DIGEST_KEY = "digest"  # the compact container's one digest of every stream's entropy indexes
+
+
+def _is_digest(key: str, value: Any) -> bool:
+  return key.split("/")[-1] == "crc" and isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fold_digests(meta: Mapping[str, Any], folded: Sequence[str]) -> dict[str, Any]:
+  """Metadata with the per-stream index digests `folded` replaced by one combined digest."""
+  if not folded:
+    return dict(meta)
+  out = {k: v for k, v in meta.items() if k not in folded}
+  out[DIGEST_KEY] = determinism.combine([meta[k] for k in folded])
+  return out
 
 
 def check_pyramid(features: Pyramid, names: Sequence[str], batch: int | None = None,
@@ -165,7 +180,9 @@ class FeatureCodec(nn.Module):
                             shapes, streams, meta)
     if self.header == "compact":
       sizes = tuple(tuple(int(v) for v in feats[s].shape[1:3]) for s in self.scales)
-      data = bitstream.pack_compact(c, sizes, self.template(params, tables, sizes))
+      template = self.template(params, tables, sizes)
+      folded = dataclasses.replace(c, metadata=_fold_digests(meta, template.folded))
+      data = bitstream.pack_compact(folded, sizes, template)
       if data is not None:
         return data
     return bitstream.pack(c)
@@ -174,7 +191,16 @@ class FeatureCodec(nn.Module):
   def decompress(self, params: Any, tables: Any, data: bytes) -> dict[str, np.ndarray]:
     """Host: bitstream -> pyramid. Raises a BitstreamError subclass for any bad input."""
     c = self.unpack(params, tables, data)
-    out = self.decompress_streams(params, tables, c.streams, c.shapes, c.metadata)
+    if DIGEST_KEY not in c.metadata or not bitstream.is_compact(data):
+      out = self.decompress_streams(params, tables, c.streams, c.shapes, c.metadata)
+    else:  # compact: one digest of all streams' entropy indexes, checked once they are decoded
+      meta = {k: v for k, v in c.metadata.items() if k != DIGEST_KEY}
+      with determinism.collecting() as got:
+        out = self.decompress_streams(params, tables, c.streams, c.shapes, meta)
+      if determinism.combine(got) != c.metadata[DIGEST_KEY]:
+        raise errors.DeterminismError(
+            "decoder entropy-model indexes differ from the encoder's (combined digest "
+            f"{determinism.combine(got):04x} != {c.metadata[DIGEST_KEY]:04x})")
     return {s: np.asarray(v, np.float32) for s, v in self.denormalize(out).items()}
 
   @nn.nowrap
@@ -187,8 +213,12 @@ class FeatureCodec(nn.Module):
         raise errors.ModelMismatchError(
             f"compact bitstream was written by another model (fingerprint prefix {short.hex()} "
             f"!= {fp[:bitstream.SHORT_FINGERPRINT_BYTES].hex()} of this {self.codec_id!r} model)")
-      c = bitstream.unpack_compact(data, len(self.scales), self.template(params, tables, sizes))
-      return dataclasses.replace(c, fingerprint=fp)
+      template = self.template(params, tables, sizes)
+      c = bitstream.unpack_compact(data, len(self.scales), template)
+      meta = dict(c.metadata)
+      if template.folded:  # per-stream digests travel as one; the decoder checks that one
+        meta.update({k: 0 for k in template.folded})
+      return dataclasses.replace(c, fingerprint=fp, metadata=meta)
     c = bitstream.unpack(data)
     bitstream.check_model(c, self.codec_id, fp)
     return c
@@ -203,11 +233,13 @@ class FeatureCodec(nn.Module):
       zeros = {s: np.zeros((1, h, w, c), np.float32)
                for s, (h, w), c in zip(self.scales, sizes, self.channels)}
       streams, shapes, meta = self.compress_streams(params, tables, zeros)
+      meta = json.loads(json.dumps(meta))
+      folded = tuple(sorted(k for k, v in meta.items() if _is_digest(k, v)))
       if len(_TEMPLATES) >= 32:
         _TEMPLATES.pop(next(iter(_TEMPLATES)))
       _TEMPLATES[key] = bitstream.Template(
           self.codec_id, {k: tuple(int(d) for d in v) for k, v in shapes.items()},
-          tuple(streams), json.loads(json.dumps(meta)))
+          tuple(streams), _fold_digests(meta, folded), folded)
     return _TEMPLATES[key]
 
   # To be defined by subclasses (host side).

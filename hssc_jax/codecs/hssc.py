@@ -45,7 +45,9 @@ lives (`compact_scale`, the coarsest by default: scales finer than it are fused 
 coarser ones in a second cascade upwards that joins at the end with (F2)-(F6)); and the coding of
 the compact representation. The paper codes it with a traditional codec after its spatial semantic
 channel reordering (`reorder`); here the learned path codes it with a mean-scale `HyperpriorModel`
-(stream "compact/y|z") and the anchor path is open through `compact` / `reconstruct` (host), e.g.
+(stream "compact/y|z"; the configs use `stages=0`, so its latent stays on the compact grid, stride
+32 for YOLO P5, rather than a further stride-2 step that starved the fine scales) and the anchor
+path is open through `compact` / `reconstruct` (host), e.g.
 `FeatureAnchor(...).compress({"compact": codec.compact(params, feats)}, ...)`.
 """
 

@@ -46,7 +46,13 @@ Port choices (the paper's full text was not available; equation numbers above ar
 - The form of (M2) is this port's: an exponential decay of the task loss towards a floor c (the
   loss left at high rate), fitted by least squares; (M3) then has a closed form per active set.
   `allocate` gives per-scale rates; `RateGainModel` maps a scale's rate to its gain (the port's
-  rate -> codec-parameter mapping) for `compress_with_gains`.
+  rate -> codec-parameter mapping).
+- Encode-time allocation (the paper's use of (M2)-(M3)): after training, `calibrate` measures, per
+  quality and scale, rate and task loss (object-weighted head distillation) at five gains on
+  training features and fits (M2) and the rate-gain model; they become the codec constants
+  `allocation_models` (in the fingerprint). `compress` then takes MFIP's importance w and the rate
+  its gains would spend as the budget R, solves (M3) for the per-scale rates and sends the gains
+  that give them (`choose_indexes`); without fitted models it sends MFIP's gains (M4).
 - The 8 bits per scale of side information are in the container metadata, not in the rate estimate
   of `__call__`.
 """
