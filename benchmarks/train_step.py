@@ -1,13 +1,13 @@
 """Training throughput of each learned codec: steps/s and images/s of the jitted train step.
 
-  python benchmarks/train_step.py [--codecs base lmfc hssc hsc mfiba] [--batch 8] [--size 256]
+  python benchmarks/train_step.py [--codecs base lmfc hssc hsc mfiba] [--batch 8] [--size 320]
                                   [--steps 20] [--out benchmarks/train_step.md]
 
 Each codec is built from its config file (`configs/<name>.py`, the settings of the real runs) over
 the YOLOv5n pyramid (P3/P4/P5 with 64/128/256 channels) of `--size` crops, the shapes that the
 feature cache feeds during training. The step is the one `train.py` runs (`train_lib.
-make_train_step`: forward with noise, rate + lambda MSE, gradients, Adam), compiled once and
-warmed up; each codec then runs `--steps` steps and reports the median over 3 repeats. Features
+make_train_step`: normalization, a quality drawn per step, forward with noise, rate + lambda x
+(MSE + task term through the YOLOv5n head), gradients, Adam), compiled once and warmed up; each codec then runs `--steps` steps and reports the median over 3 repeats. Features
 are random (SiLU of Gaussian noise): throughput does not depend on the values. All codecs run in
 the same process, one after the other, so their numbers compare directly.
 """
@@ -50,7 +50,14 @@ def machine() -> str:
 
 def bench(name: str, batch: int, size: int, steps: int) -> dict:
   config = importlib.import_module(f"configs.{name}").get_config()
-  codec = registry.build_codec(config.codec.name, config.codec.kwargs, SCALES, CHANNELS)
+  stats = tuple((s, (0.0,) * c, (1.0,) * c) for s, c in zip(SCALES, CHANNELS))
+  codec = registry.build_codec(config.codec.name, train_lib.codec_kwargs(config, stats), SCALES,
+                               CHANNELS)
+  from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
+  det_cfg = dict(config.detector)
+  det_cfg["weights"] = "random"  # the head's cost does not depend on its weights
+  det, det_vars = factory.build(det_cfg)
+  task_fn = lambda f: factory.task_outputs(det, det_vars, f)
   rng = np.random.default_rng(0)
   feats = {s: jax.nn.silu(jnp.asarray(rng.normal(size=(batch, size // st, size // st, c)),
                                       jnp.float32))
@@ -59,8 +66,10 @@ def bench(name: str, batch: int, size: int, steps: int) -> dict:
   key = jax.random.PRNGKey(0)
   params = jax.jit(lambda k, f: codec.init({"params": k, "noise": k}, f, True)["params"])(key, feats)
   tx = train_lib.make_optimizer(config.optim, 1000)
-  step = jax.jit(train_lib.make_train_step(codec, tx, key, config.loss.lmbda,
-                                           dict(config.loss.scale_weights)), donate_argnums=(0,))
+  step = jax.jit(train_lib.make_train_step(codec, tx, key, train_lib.lambdas_of(config),
+                                           dict(config.loss.scale_weights), task_fn=task_fn,
+                                           task_weight=config.loss.task_weight),
+                 donate_argnums=(0,))
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   t0 = time.perf_counter()
   state, m = step(state, batch_dict)
@@ -83,7 +92,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--codecs", nargs="+", default=["base", "lmfc", "hssc", "hsc", "mfiba"])
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--size", type=int, default=256)
+  parser.add_argument("--size", type=int, default=320)
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--out", default="")
   args = parser.parse_args()

@@ -77,7 +77,7 @@ def train_config(method: str, lmbda: float, steps: int, root: Path):
   return config
 
 
-def run(workdir: str, steps: int = 400, lambdas=(16.0, 256.0), methods=("base", "hssc"),
+def run(workdir: str, steps: int = 400, lambdas=(0.05, 1.0), methods=("base", "hssc"),
         train_images: int = 128, val_images: int = 64, quick: bool = False) -> dict:
   from configs.eval import demo as demo_config  # pylint: disable=g-import-not-at-top
   from hssc_jax import codec_eval  # pylint: disable=g-import-not-at-top

@@ -18,7 +18,7 @@ from configs.eval import detector as detector_config
 
 FEATURE_QPS = (22, 27, 32, 37, 42)
 IMAGE_QPS = (27, 32, 37, 42)
-_DEFAULTS = dict(root="demo_out", methods="base+hssc", lambdas="16+256", smoke=False)
+_DEFAULTS = dict(root="demo_out", methods="base+hssc", lambdas="0.05+1", smoke=False)
 
 
 def get_config(arg=None):

@@ -9,7 +9,9 @@ anchor and the HEVC image anchor, each image through a real bitstream.
   python eval.py --config configs/eval/zoo.py:split=val2017,root=/data/coco --workdir runs/z_full
 
 Arguments: models ("+"-separated zoo names; default all), max_images, split, root (a COCO-format
-folder other than coco-mini, e.g. images the project has never seen), image_anchor.
+folder other than coco-mini, e.g. images the project has never seen), image_anchor, anchors
+(false: the zoo models only, e.g. to compute their points in a side workdir), qualities
+("+"-separated; default every quality of each model).
 Writes results.csv, results.json, results.md, rd.png and the BD-rate table against the feature
 anchor; finished points are kept (a rerun resumes).
 """
@@ -17,7 +19,8 @@ anchor; finished points are kept (a rerun resumes).
 from configs.eval import codecs as codecs_config
 from configs.eval import detector as detector_config
 
-_DEFAULTS = dict(models="", max_images=0, split="val2017", root="", image_anchor=True)
+_DEFAULTS = dict(models="", max_images=0, split="val2017", root="", image_anchor=True,
+                 anchors=True, qualities="")
 
 
 def get_config(arg=None):
@@ -29,12 +32,16 @@ def get_config(arg=None):
   with config.unlocked():
     if arg.root:
       config.data.root = arg.root
-    methods = [m for m in config.methods if m["kind"] != "learned"]
+    methods = [m for m in config.methods if m["kind"] != "learned" and arg.anchors]
     for name in names:
       info = zoo.read_info(zoo.path_of(name))
-      qualities = max(int(info["codec_kwargs"].get("qualities", 0)), 1)
-      methods.append(dict(name=name, kind="zoo", model=name, qualities=list(range(qualities))))
+      every = range(max(int(info["codec_kwargs"].get("qualities", 0)), 1))
+      chosen = [int(q) for q in arg.qualities.split("+") if q] or list(every)
+      methods.append(dict(name=name, kind="zoo", model=name,
+                          qualities=[q for q in chosen if q in every]))
     config.methods = methods
+    if not arg.anchors and methods:
+      config.anchor_method = methods[0]["name"]
     # BD-rates against the feature anchor (first), the image anchor and the base codec.
     config.bd_references = ["image anchor (HEVC)", "base"]
   config.lock()

@@ -37,6 +37,7 @@ def bits_per_pixel(bits: Any, image_size: Sequence[int]) -> Any:
 
 
 _TEMPLATES: dict = {}
+_FINGERPRINTS: dict = {}
 DIGEST_KEY = "digest"  # the compact container's one digest of every stream's entropy indexes
 
 
@@ -167,7 +168,17 @@ class FeatureCodec(nn.Module):
 
   @nn.nowrap
   def fingerprint(self, params: Any, tables: Any) -> bytes:
-    return bitstream.fingerprint(self.codec_id, module_config(self), params, tables)
+    """16-byte digest of codec id, config, parameters and tables (memoised per objects: hashing
+    millions of parameters for every image would dominate a small codec's coding time)."""
+    key = (self, id(params), id(tables))
+    hit = _FINGERPRINTS.get(key)
+    if hit is not None and hit[0] is params and hit[1] is tables:
+      return hit[2]
+    fp = bitstream.fingerprint(self.codec_id, module_config(self), params, tables)
+    if len(_FINGERPRINTS) >= 64:
+      _FINGERPRINTS.pop(next(iter(_FINGERPRINTS)))
+    _FINGERPRINTS[key] = (params, tables, fp)
+    return fp
 
   @nn.nowrap
   def compress(self, params: Any, tables: Any, features: Pyramid,
