@@ -406,10 +406,19 @@ def pack_compact(c: Container, sizes: Any, template: Template) -> bytes | None:
   return data + _CRC.pack(zlib.crc32(data))
 
 
-def read_compact_preamble(data: bytes, num_scales: int
-                          ) -> tuple[bytes, tuple[int, int], tuple[tuple[int, int], ...]]:
-  """(short fingerprint, image size, feature sizes) of a compact bitstream, after checking its
-  magic, version and checksum; every field is range-checked before anything is allocated."""
+@dataclasses.dataclass(frozen=True)
+class CompactPreamble:
+  """The fields of a compact bitstream that come before its model-dependent part."""
+
+  short_fingerprint: bytes
+  image_size: tuple[int, int]
+  sizes: tuple[tuple[int, int], ...]
+  end: int  # offset of the first byte after the feature sizes
+
+
+def read_compact_preamble(data: bytes, num_scales: int) -> CompactPreamble:
+  """The preamble of a compact bitstream, after checking its magic, version and checksum; every
+  field is range-checked before anything is allocated."""
   data = bytes(data)
   if not is_compact(data):
     raise errors.BadMagicError(f"not a compact hssc_jax bitstream: starts with {data[:2]!r}")
@@ -428,20 +437,19 @@ def read_compact_preamble(data: bytes, num_scales: int
   h, w = _read_varint(r, "image height"), _read_varint(r, "image width")
   if not (0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE):
     raise errors.CorruptBitstreamError(f"image size {h}x{w} is outside 1..{MAX_IMAGE_SIDE}")
-  return short_fp, (h, w), _read_sizes(r, num_scales)
+  sizes = _read_sizes(r, num_scales)
+  return CompactPreamble(short_fp, (h, w), sizes, r.pos)
 
 
-def unpack_compact(data: bytes, num_scales: int, template: Template) -> Container:
-  """Parses a compact bitstream against `template` (the model's, for the sizes of its preamble).
+def unpack_compact(data: bytes, preamble: CompactPreamble, template: Template) -> Container:
+  """Parses the rest of a compact bitstream whose `read_compact_preamble` passed, against
+  `template` (the model's, for the preamble's feature sizes).
 
-  The returned container carries the template's 4-byte fingerprint prefix padded with zeros;
-  callers compare `short_fingerprint` instead.
+  The returned container carries the 4-byte fingerprint prefix padded with zeros; callers compare
+  the preamble's `short_fingerprint` instead.
   """
   data = bytes(data)
-  short_fp, image_size, _ = read_compact_preamble(data, num_scales)
-  r = _Reader(data, _COMPACT_HEAD.size, len(data) - _CRC.size)
-  _read_varint(r, "image height"), _read_varint(r, "image width")
-  _read_sizes(r, num_scales)
+  r = _Reader(data, preamble.end, len(data) - _CRC.size)
   lengths = [_read_varint(r, f"length of stream {k}") for k in template.stream_names[:-1]]
   keys = sorted(template.metadata)
   bitmap = r.take((len(keys) + 7) // 8, "metadata bitmap")
@@ -455,5 +463,6 @@ def unpack_compact(data: bytes, num_scales: int, template: Template) -> Containe
         f"stream lengths in the header ({sum(lengths)} bytes) run past the end of the bitstream")
   lengths.append(rest - sum(lengths))
   streams = {k: r.take(n, f"stream {k}") for k, n in zip(template.stream_names, lengths)}
-  fp = short_fp + bytes(FINGERPRINT_BYTES - SHORT_FINGERPRINT_BYTES)
-  return Container(template.codec_id, fp, image_size, dict(template.shapes), streams, metadata)
+  fp = preamble.short_fingerprint + bytes(FINGERPRINT_BYTES - SHORT_FINGERPRINT_BYTES)
+  return Container(template.codec_id, fp, preamble.image_size, dict(template.shapes), streams,
+                   metadata)

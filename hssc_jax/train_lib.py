@@ -14,6 +14,7 @@ The final step also writes the codec's CDF tables (`tables/<step>.npz`).
 """
 
 import functools
+import itertools
 import json
 import time
 from pathlib import Path
@@ -247,6 +248,9 @@ def _global(batch: Mapping[str, Any], sharding: NamedSharding) -> Any:
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
+CONSTANTS_FILE = "constants.json"  # codec fields fitted after training (e.g. MFIBA's allocation)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the configured codec in `workdir` (resuming if it holds a run); returns last metrics."""
   if config.get("distributed", False):
@@ -261,11 +265,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   as_features = ((lambda b: b["features"]) if kind == "features"
                  else (lambda b: part1(b["image"])))
 
+  stream = batches_from(0)
+  first = as_features(next(stream))  # initialises the parameters (and starts the fit)
   feature_norm = None
   if config.codec.get("normalize", False):
-    fit_batches = (as_features(b) for b in batches_from(0))
+    fit_batches = itertools.chain([first], (as_features(b) for b in stream))
     feature_norm = fit_feature_norm(fit_batches, int(config.codec.get("normalize_batches", 32)),
                                     detector.feature_names)
+  del stream
   kwargs = codec_kwargs(config, feature_norm)
   codec = registry.build_codec(config.codec.name, kwargs, detector.feature_names, channels)
   checkpoints.check_run(workdir, _identity(config, kwargs, detector.feature_names, channels,
@@ -277,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps = int(config.steps)
   tx = make_optimizer(config.optim, steps)
   rng = jax.random.PRNGKey(config.seed)
-  feats0 = codec.normalize(as_features(next(batches_from(0))))
+  feats0 = codec.normalize(first)
   params = jax.jit(lambda k, f: codec.init({"params": k, "noise": k}, f, True)["params"])(
       rng, feats0)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
@@ -377,9 +384,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:
     (workdir / "final_metrics.json").write_text(json.dumps(metrics_host, indent=2))
   return metrics_host
-
-
-CONSTANTS_FILE = "constants.json"  # codec fields fitted after training (e.g. MFIBA's allocation)
 
 
 def load_codec(workdir: str | Path, step: int | None = None) -> tuple[Any, Any, Any, dict]:

@@ -223,6 +223,16 @@ def test_mfiba_encode_time_allocation_follows_task_models():
         jax.random.PRNGKey(0), one, False)
 
 
+def test_mfiba_explicit_gains_go_through_normalization_and_the_compact_container():
+  one = _feats(size=32, scale=3.0, offset=1.0)
+  norm = train_lib.fit_feature_norm(iter([one]), 1, SCALES)
+  codec = MFIBACodec(**SMALL, mfip_channels=4, feature_norm=norm, header="compact")
+  params, tables = _init(codec, one)
+  chosen = {s: float(a["gain"][0]) for s, a in codec.allocation(params, codec.normalize(one)).items()}
+  data = codec.compress_with_gains(params, tables, one, (256, 256), chosen)
+  assert data == codec.compress(params, tables, one, (256, 256)) and bitstream.is_compact(data)
+
+
 @pytest.fixture(scope="module")
 def smoke_zoo(tmp_path_factory):
   root = tmp_path_factory.mktemp("zoo")

@@ -184,8 +184,20 @@ class FeatureCodec(nn.Module):
   def compress(self, params: Any, tables: Any, features: Pyramid,
                image_size: Sequence[int]) -> bytes:
     """Host: one image's pyramid (batch 1) -> a self-describing bitstream."""
-    feats = self.normalize(check_pyramid(features, self.scales, batch=1, channels=self.channels))
-    streams, shapes, meta = self.compress_streams(params, tables, feats)
+    feats = self.prepare(features)
+    return self.pack(params, tables, feats, image_size,
+                     *self.compress_streams(params, tables, feats))
+
+  @nn.nowrap
+  def prepare(self, features: Pyramid) -> dict[str, np.ndarray]:
+    """Host: one image's pyramid checked (batch 1, scales, channels, finite) and normalized."""
+    return self.normalize(check_pyramid(features, self.scales, batch=1, channels=self.channels))
+
+  @nn.nowrap
+  def pack(self, params: Any, tables: Any, feats: Pyramid, image_size: Sequence[int],
+           streams: Mapping[str, bytes], shapes: Mapping[str, tuple], meta: Mapping[str, Any]
+           ) -> bytes:
+    """Host: the coded streams of the prepared `feats` in this codec's container."""
     meta = json.loads(json.dumps(meta))  # what a decoder reads back (lists, not tuples)
     c = bitstream.Container(self.codec_id, self.fingerprint(params, tables), tuple(image_size),
                             shapes, streams, meta)
@@ -219,13 +231,14 @@ class FeatureCodec(nn.Module):
     """The container of a bitstream of this model (full or compact); BitstreamError otherwise."""
     fp = self.fingerprint(params, tables)
     if isinstance(data, (bytes, bytearray, memoryview)) and bitstream.is_compact(data):
-      short, _, sizes = bitstream.read_compact_preamble(data, len(self.scales))
-      if short != fp[:bitstream.SHORT_FINGERPRINT_BYTES]:
+      pre = bitstream.read_compact_preamble(data, len(self.scales))
+      if pre.short_fingerprint != fp[:bitstream.SHORT_FINGERPRINT_BYTES]:
         raise errors.ModelMismatchError(
-            f"compact bitstream was written by another model (fingerprint prefix {short.hex()} "
-            f"!= {fp[:bitstream.SHORT_FINGERPRINT_BYTES].hex()} of this {self.codec_id!r} model)")
-      template = self.template(params, tables, sizes)
-      c = bitstream.unpack_compact(data, len(self.scales), template)
+            "compact bitstream was written by another model (fingerprint prefix "
+            f"{pre.short_fingerprint.hex()} != {fp[:bitstream.SHORT_FINGERPRINT_BYTES].hex()} of "
+            f"this {self.codec_id!r} model)")
+      template = self.template(params, tables, pre.sizes)
+      c = bitstream.unpack_compact(data, pre, template)
       meta = dict(c.metadata)
       if template.folded:  # per-stream digests travel as one; the decoder checks that one
         meta.update({k: 0 for k in template.folded})

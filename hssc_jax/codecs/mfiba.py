@@ -256,10 +256,15 @@ class MFIBACodec(base.FeatureCodec):
                            ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Evaluation-mode (features_hat, bits) with explicit gain table indexes (N, S)."""
     table, inv_table = self.gains
-    gain, inv_gain = jnp.asarray(table)[idx], jnp.asarray(inv_table)[idx]
+    return self._code_scales(features, "round", jnp.asarray(table)[idx],
+                             jnp.asarray(inv_table)[idx])
+
+  def _code_scales(self, features: base.Pyramid, mode: str, gain: jax.Array, inv_gain: jax.Array
+                   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(M5) for every scale with gains (N, S): (features_hat, bits per stream)."""
     out, bits = {}, {}
     for i, s in enumerate(self.scales):
-      out[s], b = self.models[s](features[s], "round", gain[:, i], inv_gain[:, i])
+      out[s], b = self.models[s](features[s], mode, gain[:, i], inv_gain[:, i])
       bits.update({f"{s}/{k}": v for k, v in b.items()})
     return out, bits
 
@@ -272,10 +277,7 @@ class MFIBACodec(base.FeatureCodec):
       g = jnp.exp(log_g)
       gain = g + jax.lax.stop_gradient(gain - g)
       inv_gain = 1 / g + jax.lax.stop_gradient(inv_gain - 1 / g)
-    out, bits = {}, {}
-    for i, s in enumerate(self.scales):
-      out[s], b = self.models[s](features[s], mode, gain[:, i], inv_gain[:, i])
-      bits.update({f"{s}/{k}": v for k, v in b.items()})
+    out, bits = self._code_scales(features, mode, gain, inv_gain)
     importance = jnp.exp(log_w)
     weights = jax.lax.stop_gradient(importance)
     return {"features_hat": out, "bits": bits, "importance": importance, "gains": gain,
@@ -319,10 +321,9 @@ class MFIBACodec(base.FeatureCodec):
                           image_size: Sequence[int], gains: Mapping[str, float]) -> bytes:
     """Host: `compress` with per-scale gains chosen outside the model (e.g. by `allocate` and
     `RateGainModel.gain`) instead of MFIP's; they are rounded to the table and sent as usual."""
-    feats = base.check_pyramid(features, self.scales, batch=1)
-    streams, shapes, meta = self._compress(params, tables, feats, self.gain_indexes(gains))
-    return bitstream.pack(bitstream.Container(
-        self.codec_id, self.fingerprint(params, tables), tuple(image_size), shapes, streams, meta))
+    feats = self.prepare(features)
+    return self.pack(params, tables, feats, image_size,
+                     *self._compress(params, tables, feats, self.gain_indexes(gains)))
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
@@ -543,7 +544,7 @@ def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], p
   """
   from hssc_jax.training import loss as loss_lib  # pylint: disable=g-import-not-at-top
   grid = list(gains or np.geomspace(1 / codec.gain_range, codec.gain_range, 5))
-  g_idx = codec.gain_indexes  # scale -> table index of a gain
+  g_idx = {g: codec.gain_indexes({t: g for t in codec.scales})[0] for g in grid}  # table index
   out = []
   for q in range(max(int(codec.qualities), 1)):
     model = codec.clone(quality=q, allocation_models=None) if codec.qualities else codec
@@ -560,7 +561,7 @@ def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], p
       for i, s in enumerate(codec.scales):
         for g in grid:
           k = idx.copy()
-          k[:, i] = g_idx({t: g for t in codec.scales})[i]
+          k[:, i] = g_idx[g]
           hat, bits = fwd(params, feats, jnp.asarray(k))
           mixed = dict(feats, **{s: hat[s]})
           rates[s][g].append(float(np.mean(bits[f"{s}/y"] + bits[f"{s}/z"])) / pixels)
