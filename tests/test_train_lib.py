@@ -97,7 +97,12 @@ def _finished_steps(workdir):
   return [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
 
 
-def test_resume_after_sigkill(tmp_path):
+def _saving_steps(workdir):  # orbax writes a step to "<step>.orbax-checkpoint-tmp", then renames it
+  folder = workdir / "checkpoints"
+  return [int(p.name.split(".")[0]) for p in folder.glob("*.orbax-checkpoint-tmp*")]
+
+
+def test_resume_after_sigkill_mid_save(tmp_path):
   cmd = [sys.executable, "train.py", "--config", "configs/base.py:smoke", "--workdir",
          str(tmp_path), "--config.steps=400", "--config.checkpoint_every=2",
          "--config.progress=False"]
@@ -105,21 +110,23 @@ def test_resume_after_sigkill(tmp_path):
   try:
     deadline = time.time() + 300
     while time.time() < deadline:
-      steps = _finished_steps(tmp_path)
-      if steps and max(steps) >= 4:
+      saving = _saving_steps(tmp_path)
+      if saving and max(saving) >= 4:  # Kill in the middle of a save.
         break
-      time.sleep(0.5)
+      time.sleep(0.005)
     else:
-      pytest.fail("no checkpoint written within 300 s")
+      pytest.fail("no checkpoint of step >= 4 started within 300 s")
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  killed_at = max(_finished_steps(tmp_path))  # orbax's "<step>.orbax-checkpoint-tmp" is not one
+  killed_at = max(_finished_steps(tmp_path))
+  assert killed_at >= max(saving) - 2  # At most one interval (checkpoint_every=2) is lost.
   out = subprocess.run(cmd[:-2] + [f"--config.steps={killed_at + 2}", "--config.progress=False"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"from step {killed_at} " in out.stdout
   assert (tmp_path / "tables" / f"{killed_at + 2}.npz").exists()
+  assert not _saving_steps(tmp_path)
 
 
 SHARDED = r"""

@@ -6,14 +6,18 @@ A workdir holds:
   checkpoints/<step>/   orbax items "state" (step, params, optimizer state) and "params"
   tables/<step>.npz     the integer CDF tables built from that step's parameters (final step)
 
-Saving goes through orbax's `CheckpointManager` (atomic: a run killed mid-save leaves only a
-temporary folder that orbax ignores), so a run killed with SIGKILL and restarted resumes from the
-latest complete checkpoint and loses at most one checkpoint interval.
+Saving goes through orbax's `CheckpointManager`: a run killed mid-save (even by SIGKILL) leaves only
+a "<step>.orbax-checkpoint-tmp" folder, removed on restart, and resumes from the latest complete
+step, losing at most one checkpoint interval. A step whose files are truncated or missing is
+skipped with a warning for the previous good one, and moved aside to checkpoints_damaged/<step> so
+the resumed run saves that step again; if no step can be restored, `CheckpointError` names them.
 """
 
 import json
+import shutil
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -71,20 +75,38 @@ class Checkpointer:
     self.every = max(int(every), 1)
     self.manager = ocp.CheckpointManager(
         self.workdir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             cleanup_tmp_directories=True))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def restore(self, state: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The latest checkpoint restored into `state`'s structure and shardings, or None."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
+    """The latest restorable checkpoint, restored into `state`'s structure and shardings, or None.
+
+    Damaged later steps are warned about and moved to <workdir>/checkpoints_damaged/.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-    return restored["state"]
+    found = _restore_latest_good(self.manager, lambda step: self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"])
+    if found is None:
+      return None
+    restored, step = found
+    damaged = [s for s in self.manager.all_steps() if s > step]
+    if damaged:
+      aside = self.workdir / "checkpoints_damaged"
+      if jax.process_index() == 0:
+        for s in damaged:
+          dest, n = aside / str(s), 1
+          while dest.exists():
+            dest, n = aside / f"{s}.{n}", n + 1
+          dest.parent.mkdir(parents=True, exist_ok=True)
+          shutil.move(self.workdir / "checkpoints" / str(s), dest)
+      warnings.warn(f"moved damaged checkpoint step(s) {damaged} to {aside}; resuming from step "
+                    f"{step}", stacklevel=2)
+      ocp.multihost.sync_global_processes("hssc_jax_checkpoints_damaged_moved")
+      self.manager.reload()
+    return restored
 
   def maybe_save(self, step: int, state: Mapping[str, Any], force: bool = False) -> bool:
     if not force and step % self.every:
@@ -120,14 +142,50 @@ def load_tables(path: str | Path) -> dict[str, Any]:
     return flax.traverse_util.unflatten_dict({k: z[k] for k in z.files}, sep="/")
 
 
+def _restore_latest_good(manager: ocp.CheckpointManager, restore: Callable[[int], Any]
+                         ) -> tuple[Any, int] | None:
+  """restore(step) of the latest step it succeeds for, warning about each failure, and the step."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return None
+  reasons = []
+  for i, step in enumerate(steps):
+    try:
+      return restore(step), step
+    except Exception as e:  # Truncated, missing or corrupt files: orbax/tensorstore raise anything.
+      reasons.append(f"step {step}: {_reason(e)}")
+      then = f"; trying step {steps[i + 1]}" if i + 1 < len(steps) else ""
+      warnings.warn(f"checkpoint step {step} in {manager.directory} cannot be restored "
+                    f"({_reason(e)}){then}", stacklevel=3)
+  raise errors.CheckpointError(
+      f"no checkpoint in {manager.directory} can be restored; tried steps {steps}: "
+      + "; ".join(reasons))
+
+
+def _reason(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
 def restore_params(workdir: str | Path, abstract_params: Any, step: int | None = None
                    ) -> tuple[Any, int]:
-  """The codec parameters saved at `step` (default: latest) of a workdir."""
+  """The codec parameters saved at `step` (default: the latest step that can be restored)."""
   manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints")
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise errors.ConfigError(f"no checkpoint in {workdir}")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params)))
-  manager.close()
-  return restored["params"], step
+  restore = lambda s: manager.restore(s, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract_params)))["params"]
+  try:
+    if step is None:
+      found = _restore_latest_good(manager, restore)
+      if found is None:
+        raise errors.ConfigError(f"no checkpoint in {workdir}")
+      return found
+    if step not in manager.all_steps():
+      raise errors.CheckpointError(
+          f"no checkpoint at step {step} in {workdir} (steps: {manager.all_steps()})")
+    try:
+      return restore(step), step
+    except Exception as e:
+      raise errors.CheckpointError(
+          f"checkpoint step {step} in {workdir} cannot be restored ({_reason(e)})") from e
+  finally:
+    manager.close()
