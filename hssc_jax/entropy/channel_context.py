@@ -154,7 +154,7 @@ def decompress(model: ChannelContext, params: Any, table: tables.CDFTable, scale
                expected_digest: int | None = None, jit: bool = True) -> np.ndarray:
   """Host: inverse of `compress`; returns y_hat (float32). Checks the index digest if given."""
   bounds = slice_bounds(model.channels, model.num_slices)
-  decoder = range_coder.Decoder(data, table)
+  decoder = range_coder.Decoder(data, table, np.size(hyper_means))
   y_hats, indexes = [], []
   for (s, e), (params_fn, lrp_fn) in zip(bounds, _host_functions(model, jit)):
     mu, sigma = params_fn(params, hyper_means, hyper_scales, tuple(y_hats))

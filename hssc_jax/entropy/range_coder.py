@@ -64,6 +64,24 @@ def encode_symbols(symbols: np.ndarray, indexes: np.ndarray, table: CDFTable) ->
   return bytes(ops.entropy_encode_finalize(handle).numpy())
 
 
+# A valid stream is decoded as if followed by zero bytes (the encoder leaves trailing zeros out;
+# the decoder reads a few past the end). tfc's decoder reads the Elias-gamma length of an escaped
+# (out-of-table) value in unary until it meets a 1 bit, so a hostile stream that runs dry inside an
+# escape makes it count zeros for ~2^31 steps per symbol (a hang, found by
+# tests/test_hostile_bitstreams.py). `guard` appends GUARD_ZEROS zero bytes, which a valid stream
+# decodes exactly as before, then GUARD_BYTES_PER_SYMBOL bytes of 1 bits per symbol, more than a
+# symbol consumes, so every unary count ends at once. The decoder can then no longer tell whether
+# it stopped at the end of the stream (tfc's Finalize), so decoding checks instead that the decoded
+# symbols re-encode to exactly the stream (`_check_canonical`): a stricter test of the same thing.
+GUARD_ZEROS = 16
+GUARD_BYTES_PER_SYMBOL = 4
+
+
+def guard(data: bytes, symbols: int) -> bytes:
+  """`data` with the padding that bounds decoding time (see GUARD_ZEROS)."""
+  return bytes(data) + bytes(GUARD_ZEROS) + b"\xff" * (GUARD_BYTES_PER_SYMBOL * int(symbols) + 64)
+
+
 def decode_symbols(data: bytes, indexes: np.ndarray, table: CDFTable) -> np.ndarray:
   """Decodes int32 symbols (values minus row offsets) for indexes already checked by the caller."""
   if indexes.size == 0:
@@ -72,12 +90,25 @@ def decode_symbols(data: bytes, indexes: np.ndarray, table: CDFTable) -> np.ndar
     raise errors.CorruptBitstreamError(
         f"empty range-coded stream where {indexes.size} symbols are expected")
   ops, tf = _ops(), _tf()
-  handle = ops.create_range_decoder(data, table.lookup)
-  handle, symbols = ops.entropy_decode_index(
+  handle = ops.create_range_decoder(guard(data, indexes.size), table.lookup)
+  _, symbols = ops.entropy_decode_index(
       handle, indexes.ravel(), tf.constant([indexes.size], tf.int32), tf.int32)
-  if not bool(ops.entropy_decode_finalize(handle).numpy()):
-    raise errors.CorruptBitstreamError("range decoder finished in an error state: corrupted stream")
-  return symbols.numpy().reshape(indexes.shape)
+  symbols = symbols.numpy().reshape(indexes.shape)
+  _check_canonical(data, symbols, indexes, table)
+  return symbols
+
+
+def _check_canonical(data: bytes, symbols: np.ndarray, indexes: np.ndarray, table: CDFTable
+                     ) -> None:
+  """CorruptBitstreamError unless `symbols` re-encode to exactly `data` (what the encoder wrote)."""
+  try:
+    again = encode_symbols(symbols.astype(np.int32, copy=False),
+                           indexes.astype(np.int32, copy=False), table)
+  except Exception as e:  # pylint: disable=broad-except  (symbols no encoder can write)
+    raise errors.CorruptBitstreamError(f"range-coded stream decodes to invalid symbols: {e}") from e
+  if again != bytes(data):
+    raise errors.CorruptBitstreamError(
+        "range-coded stream is not the one its decoded symbols give: corrupted or forged stream")
 
 
 class Decoder:
@@ -87,10 +118,13 @@ class Decoder:
   Call `finish()` at the end; it raises CorruptBitstreamError if the stream was inconsistent.
   """
 
-  def __init__(self, data: bytes, table: CDFTable):
+  def __init__(self, data: bytes, table: CDFTable, symbols: int):
+    """`symbols`: how many the successive `decode` calls read in all (sizes the `guard`)."""
     self._table = table
     self._data = bytes(data)
+    self._symbols = int(symbols)
     self._handle = None
+    self._seen: list[tuple[np.ndarray, np.ndarray]] = []
 
   def decode(self, indexes: np.ndarray) -> np.ndarray:
     indexes = _check(None, indexes, self._table)
@@ -101,15 +135,19 @@ class Decoder:
           f"empty range-coded stream where {indexes.size} symbols are expected")
     ops, tf = _ops(), _tf()
     if self._handle is None:
-      self._handle = ops.create_range_decoder(self._data, self._table.lookup)
+      self._handle = ops.create_range_decoder(guard(self._data, self._symbols),
+                                              self._table.lookup)
     self._handle, symbols = ops.entropy_decode_index(
         self._handle, indexes.ravel(), tf.constant([indexes.size], tf.int32), tf.int32)
+    self._seen.append((symbols.numpy(), indexes.ravel()))
     values = symbols.numpy().astype(np.int64) + self._table.offset[indexes.ravel()]
     return values.reshape(indexes.shape).astype(np.int32)
 
   def finish(self) -> None:
-    if self._handle is not None and not bool(_ops().entropy_decode_finalize(self._handle).numpy()):
-      raise errors.CorruptBitstreamError("range decoder finished in an error state: corrupted stream")
+    """CorruptBitstreamError unless everything decoded re-encodes to exactly the stream."""
+    if self._seen:
+      _check_canonical(self._data, np.concatenate([s for s, _ in self._seen]),
+                       np.concatenate([i for _, i in self._seen]), self._table)
 
 
 def decode(data: bytes, indexes: np.ndarray, table: CDFTable) -> np.ndarray:
@@ -117,7 +155,7 @@ def decode(data: bytes, indexes: np.ndarray, table: CDFTable) -> np.ndarray:
 
   Raises CorruptBitstreamError when the range decoder reports an inconsistent stream.
   """
-  decoder = Decoder(data, table)
+  decoder = Decoder(data, table, np.size(indexes))
   values = decoder.decode(indexes)
   decoder.finish()
   return values
