@@ -14,7 +14,12 @@ N-4   4  CRC-32 of bytes [0, N-4)
 
 `unpack` checks, in order: empty input, magic, version, length (truncation or trailing bytes),
 checksum, then the header's own consistency; each failure raises its own `BitstreamError` subclass.
-Codecs then call `check_model` to refuse a bitstream made by another codec or other parameters.
+Codecs then call `check_model` to refuse a bitstream made by another codec or other parameters, and
+validate every other field against what their model writes (`check_metadata`, `Template`) before
+they use it. Nothing is allocated from a header number beyond `LIMITS` (`DecodeLimits`).
+
+Version 2 (2026-12): learned codecs' metadata carries the feature sizes ("pyramid"), from which a
+decoder derives every tensor shape instead of trusting the header's; version 1 is refused.
 """
 
 import dataclasses
@@ -29,11 +34,116 @@ import numpy as np
 from hssc_jax import errors
 
 MAGIC = b"HSJX"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FINGERPRINT_BYTES = 16
 _PREAMBLE = struct.Struct(">4sBI")
 _CRC = struct.Struct(">I")
 _MAX_NDIM = 8
+_MAX_INT = 2**63 - 1
+
+
+@dataclasses.dataclass
+class DecodeLimits:
+  """The largest inputs a decoder accepts; a bitstream asking for more is refused with
+  `DecodeLimitError` before anything is allocated. Change them with `set_decode_limits`.
+
+  Attributes:
+    max_image_side: original image height and width.
+    max_feature_side: height and width of each feature map.
+    max_feature_values: H x W x C summed over the scales of one decoded pyramid (the default,
+      2^25 float32 values = 128 MiB, holds a 640x640 YOLOv5n pyramid 47 times, a 1333x800 FPN one).
+  """
+
+  max_image_side: int = 16384
+  max_feature_side: int = 4096
+  max_feature_values: int = 1 << 25
+
+
+LIMITS = DecodeLimits()
+
+
+def set_decode_limits(**changes: int) -> DecodeLimits:
+  """Changes fields of `LIMITS` (e.g. `max_image_side=32768`); returns the previous limits."""
+  old = dataclasses.replace(LIMITS)
+  for k, v in changes.items():
+    if not hasattr(LIMITS, k) or isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise errors.ConfigError(f"decode limit {k}={v!r}: expected one of "
+                               f"{[f.name for f in dataclasses.fields(LIMITS)]} with a positive int")
+    setattr(LIMITS, k, v)
+  return old
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_image_size(size: Any) -> tuple[int, int]:
+  """(H, W) of an original image read from a bitstream, checked against `LIMITS`."""
+  if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+    raise errors.CorruptBitstreamError(f"image size {size!r} is not two integers")
+  h, w = size
+  if h < 1 or w < 1:
+    raise errors.CorruptBitstreamError(f"image size {h}x{w} is empty")
+  if max(h, w) > LIMITS.max_image_side:
+    raise errors.DecodeLimitError(f"image size {h}x{w} exceeds the decoder's limit of "
+                                  f"{LIMITS.max_image_side} (bitstream.set_decode_limits)")
+  return int(h), int(w)
+
+
+def check_feature_sizes(sizes: Any, channels: Any) -> tuple[tuple[int, int], ...]:
+  """Per-scale (H, W) feature sizes read from a bitstream: one pair of positive ints per channel
+  count, within `LIMITS` (side and total values)."""
+  channels = [int(c) for c in channels]
+  if (not isinstance(sizes, (list, tuple)) or len(sizes) != len(channels)
+      or not all(isinstance(s, (list, tuple)) and len(s) == 2 and all(_is_int(v) for v in s)
+                 for s in sizes)):
+    raise errors.CorruptBitstreamError(
+        f"feature sizes {sizes!r} are not one (height, width) pair per scale ({len(channels)})")
+  out = tuple((int(h), int(w)) for h, w in sizes)
+  for h, w in out:
+    if h < 1 or w < 1:
+      raise errors.CorruptBitstreamError(f"feature size {h}x{w} is empty")
+    if max(h, w) > LIMITS.max_feature_side:
+      raise errors.DecodeLimitError(f"feature size {h}x{w} exceeds the decoder's limit of "
+                                    f"{LIMITS.max_feature_side} (bitstream.set_decode_limits)")
+  values = sum(h * w * c for (h, w), c in zip(out, channels))
+  if values > LIMITS.max_feature_values:
+    raise errors.DecodeLimitError(
+        f"feature sizes {out} hold {values} values, over the decoder's limit of "
+        f"{LIMITS.max_feature_values} (bitstream.set_decode_limits)")
+  return out
+
+
+def _fits(value: Any, expected: Any) -> bool:
+  """Whether a JSON value has the type skeleton of `expected` (same types, list lengths, keys)."""
+  if isinstance(expected, bool) or expected is None or isinstance(expected, str):
+    return type(value) is type(expected)
+  if isinstance(expected, int):
+    return _is_int(value) and abs(value) <= _MAX_INT
+  if isinstance(expected, float):
+    return (isinstance(value, float) or _is_int(value)) and abs(value) < float("inf")
+  if isinstance(expected, list):
+    return (isinstance(value, list) and len(value) == len(expected)
+            and all(_fits(v, e) for v, e in zip(value, expected)))
+  if isinstance(expected, dict):
+    return (isinstance(value, dict) and sorted(value) == sorted(expected)
+            and all(_fits(value[k], e) for k, e in expected.items()))
+  return False
+
+
+def check_metadata(metadata: Any, expected: Mapping[str, Any]) -> None:
+  """CorruptBitstreamError unless `metadata` has exactly the keys of `expected` (what the model
+  writes), each value of the same JSON type (lists of the same length, ints within int64)."""
+  if not isinstance(metadata, Mapping):
+    raise errors.CorruptBitstreamError("bitstream metadata is not a JSON object")
+  if sorted(metadata) != sorted(expected):
+    raise errors.CorruptBitstreamError(
+        f"bitstream metadata has keys {sorted(metadata)}, this model writes {sorted(expected)}")
+  for k, e in expected.items():
+    if not _fits(metadata[k], e):
+      raise errors.CorruptBitstreamError(
+          f"bitstream metadata {k!r} = {str(metadata[k])[:60]} is not of the form this model "
+          f"writes ({type(e).__name__}{f' of {len(e)}' if isinstance(e, list) else ''})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +252,9 @@ def unpack(data: bytes) -> Container:
   _, version, total = _PREAMBLE.unpack_from(data)
   if version != FORMAT_VERSION:
     raise errors.UnsupportedVersionError(
-        f"bitstream format version {version}; this library reads version {FORMAT_VERSION}")
+        f"bitstream format version {version}; this library reads version {FORMAT_VERSION}"
+        + (" (version 1 bitstreams, written before 2026-12, lack the feature sizes that version 2 "
+           "decoders derive shapes from: re-encode them)" if version == 1 else ""))
   if len(data) < total:
     raise errors.TruncatedBitstreamError(
         f"bitstream is {len(data)} bytes but its header says {total}: it was truncated")
@@ -157,7 +269,7 @@ def unpack(data: bytes) -> Container:
   r = _Reader(data, _PREAMBLE.size, total - _CRC.size)
   codec_id = r.string("codec id")
   fp = r.take(FINGERPRINT_BYTES, "fingerprint")
-  image_size = r.unpack(">II", "image size")
+  image_size = check_image_size(r.unpack(">II", "image size"))
   shapes = {}
   (n_shapes,) = r.unpack(">H", "shape count")
   for _ in range(n_shapes):
@@ -176,6 +288,10 @@ def unpack(data: bytes) -> Container:
     metadata = json.loads(r.take(n_meta, "metadata").decode("utf-8"))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise errors.CorruptBitstreamError("bitstream metadata is not valid JSON") from e
+  except RecursionError as e:
+    raise errors.CorruptBitstreamError("bitstream metadata is nested too deeply") from e
+  if not isinstance(metadata, dict):
+    raise errors.CorruptBitstreamError("bitstream metadata is not a JSON object")
   streams = {}
   for name, n in lengths.items():
     streams[name] = r.take(n, f"stream {name}")
@@ -261,8 +377,7 @@ COMPACT_MAGIC = b"Hj"
 COMPACT_VERSION = 2
 SHORT_FINGERPRINT_BYTES = 4
 _COMPACT_HEAD = struct.Struct(">2sB4s")
-MAX_FEATURE_SIDE = 4096  # the largest feature-map side a decoder accepts (refused before allocation)
-MAX_IMAGE_SIDE = 1 << 16
+MAX_IMAGE_SIDE = 1 << 16  # larger images are written in the full container
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,10 +445,12 @@ def _read_sizes(r: "_Reader", num_scales: int) -> tuple[tuple[int, int], ...]:
   else:
     out = [(_read_varint(r, "feature height"), _read_varint(r, "feature width"))
            for _ in range(k)]
-  for h, w in out:
-    if not (0 < h <= MAX_FEATURE_SIDE and 0 < w <= MAX_FEATURE_SIDE):
-      raise errors.CorruptBitstreamError(
-          f"feature size {h}x{w} is outside 1..{MAX_FEATURE_SIDE} (bitstream.MAX_FEATURE_SIDE)")
+  for h, w in out:  # sides first (the codec checks the values against its channels)
+    if h < 1 or w < 1:
+      raise errors.CorruptBitstreamError(f"feature size {h}x{w} is empty")
+    if max(h, w) > LIMITS.max_feature_side:
+      raise errors.DecodeLimitError(f"feature size {h}x{w} exceeds the decoder's limit of "
+                                    f"{LIMITS.max_feature_side} (bitstream.set_decode_limits)")
   return tuple(out)
 
 
@@ -367,7 +484,10 @@ def _decode_value(r: "_Reader", tmpl: Any, what: str) -> Any:
     return bool(b)
   if isinstance(tmpl, int):
     z = _read_varint(r, what)
-    return tmpl + (z // 2 if z % 2 == 0 else -(z + 1) // 2)
+    v = tmpl + (z // 2 if z % 2 == 0 else -(z + 1) // 2)
+    if abs(v) > _MAX_INT:
+      raise errors.CorruptBitstreamError(f"metadata {what!r} is out of range")
+    return v
   if isinstance(tmpl, str):
     n = _read_varint(r, what)
     try:
@@ -434,9 +554,7 @@ def read_compact_preamble(data: bytes, num_scales: int) -> CompactPreamble:
     raise errors.CorruptBitstreamError(
         "bitstream checksum mismatch: the bytes were corrupted or the bitstream was truncated")
   r = _Reader(data, _COMPACT_HEAD.size, len(data) - _CRC.size)
-  h, w = _read_varint(r, "image height"), _read_varint(r, "image width")
-  if not (0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE):
-    raise errors.CorruptBitstreamError(f"image size {h}x{w} is outside 1..{MAX_IMAGE_SIDE}")
+  h, w = check_image_size((_read_varint(r, "image height"), _read_varint(r, "image width")))
   sizes = _read_sizes(r, num_scales)
   return CompactPreamble(short_fp, (h, w), sizes, r.pos)
 

@@ -41,6 +41,11 @@ class CorruptBitstreamError(BitstreamError):
   """The bitstream fails its checksum or holds values that cannot be valid."""
 
 
+class DecodeLimitError(BitstreamError):
+  """The bitstream asks for a larger image or feature pyramid than the decoder's configured limits
+  (`hssc_jax.bitstream.LIMITS`); refused before anything is allocated."""
+
+
 class ModelMismatchError(BitstreamError):
   """The bitstream was produced by another codec, model parameters or configuration."""
 
@@ -51,6 +56,11 @@ class DeterminismError(BitstreamError):
 
 class InnerCodecError(HsscError, RuntimeError):
   """A traditional (inner) codec failed: missing binary, non-zero exit or empty output."""
+
+
+class CorruptPayloadError(CorruptBitstreamError, InnerCodecError):
+  """The traditional codec's payload in a bitstream fails to decode, or decodes to another frame
+  than the header describes (both a `BitstreamError` and an `InnerCodecError`)."""
 
 
 class DatasetError(HsscError, ValueError):

@@ -46,6 +46,18 @@ REORDER_FITS = ("per_image", "fixed")
 _JSON_VERSION = 1
 
 
+
+def decode_payload(codec: Any, data: bytes, shape: Sequence[int], dtype: Any, qp: int
+                   ) -> np.ndarray:
+  """The inner codec's frame of a bitstream; CorruptPayloadError when its decoder refuses the
+  payload or returns another frame than the header describes."""
+  try:
+    return codec.decode(data, shape, dtype, qp=qp)
+  except errors.InnerCodecError as e:
+    if isinstance(e, errors.BitstreamError):
+      raise
+    raise errors.CorruptPayloadError(str(e)) from e
+
 def scale_order(names: Iterable[str]) -> list[str]:
   """Natural order of scale names ("p2" < "p3" < ... < "p10")."""
   def key(n: str):
@@ -303,7 +315,7 @@ class FeatureAnchor:
     if "frame" not in c.streams:
       raise errors.CorruptBitstreamError("feature anchor bitstream lacks stream 'frame'")
     qp = c.metadata.get("qp")
-    if not isinstance(qp, int):
+    if not isinstance(qp, int) or isinstance(qp, bool):
       raise errors.CorruptBitstreamError("feature anchor bitstream lacks an integer 'qp'")
     if self.scales is not None and set(c.shapes) != set(self.scales):
       raise errors.CorruptBitstreamError(
@@ -313,9 +325,10 @@ class FeatureAnchor:
       if not (len(s) == 3 or (len(s) == 4 and s[0] == 1)) or min(s) < 1:
         raise errors.CorruptBitstreamError(f"shape {s} of scale {n!r} is not HWC or 1HWC")
       hwc[n] = tuple(s[-3:])
+    bitstream.check_feature_sizes([s[:2] for s in hwc.values()], [s[2] for s in hwc.values()])
     layout = self.layout(hwc)
     dtype = np.uint8 if self.bit_depth == 8 else np.uint16
-    frame = self.codec.decode(c.streams["frame"], layout.frame_shape, dtype, qp=qp)
+    frame = decode_payload(self.codec, c.streams["frame"], layout.frame_shape, dtype, qp)
     codes = tiling.untile(layout, frame)
     perms: dict[str, np.ndarray] = {}
     if self.reorder != "none" and self.reorder_fit == "fixed":

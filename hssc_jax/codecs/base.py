@@ -39,6 +39,7 @@ def bits_per_pixel(bits: Any, image_size: Sequence[int]) -> Any:
 _TEMPLATES: dict = {}
 _FINGERPRINTS: dict = {}
 DIGEST_KEY = "digest"  # the compact container's one digest of every stream's entropy indexes
+PYRAMID_KEY = "pyramid"  # the full container's feature sizes, [[H, W] per scale]
 
 
 def _is_digest(key: str, value: Any) -> bool:
@@ -201,20 +202,40 @@ class FeatureCodec(nn.Module):
     meta = json.loads(json.dumps(meta))  # what a decoder reads back (lists, not tuples)
     c = bitstream.Container(self.codec_id, self.fingerprint(params, tables), tuple(image_size),
                             shapes, streams, meta)
+    sizes = tuple(tuple(int(v) for v in feats[s].shape[1:3]) for s in self.scales)
     if self.header == "compact":
-      sizes = tuple(tuple(int(v) for v in feats[s].shape[1:3]) for s in self.scales)
       template = self.template(params, tables, sizes)
       folded = dataclasses.replace(c, metadata=_fold_digests(meta, template.folded))
       data = bitstream.pack_compact(folded, sizes, template)
       if data is not None:
         return data
-    return bitstream.pack(c)
+    if PYRAMID_KEY in meta:
+      raise errors.ConfigError(f"{self.codec_id} metadata must not use the key {PYRAMID_KEY!r}")
+    meta[PYRAMID_KEY] = [list(hw) for hw in sizes]
+    return bitstream.pack(dataclasses.replace(c, metadata=meta))
 
   @nn.nowrap
   def decompress(self, params: Any, tables: Any, data: bytes) -> dict[str, np.ndarray]:
-    """Host: bitstream -> pyramid. Raises a BitstreamError subclass for any bad input."""
+    """Host: bitstream -> pyramid. Raises a BitstreamError subclass for any bad input.
+
+    Every header field is validated against the model before use (`unpack`); an error the codec's
+    own decoding still meets (a value in range but inconsistent with another) is reported as a
+    CorruptBitstreamError, never as another exception type.
+    """
     c = self.unpack(params, tables, data)
-    if DIGEST_KEY not in c.metadata or not bitstream.is_compact(data):
+    try:
+      return self._decode_container(params, tables, c, bitstream.is_compact(data))
+    except (errors.HsscError, MemoryError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise errors.CorruptBitstreamError(
+          f"{self.codec_id} bitstream cannot be decoded by this model: {type(e).__name__}: "
+          f"{str(e)[:200]}") from e
+
+  @nn.nowrap
+  def _decode_container(self, params: Any, tables: Any, c: bitstream.Container, compact: bool
+                        ) -> dict[str, np.ndarray]:
+    if DIGEST_KEY not in c.metadata or not compact:
       out = self.decompress_streams(params, tables, c.streams, c.shapes, c.metadata)
     else:  # compact: one digest of all streams' entropy indexes, checked once they are decoded
       meta = {k: v for k, v in c.metadata.items() if k != DIGEST_KEY}
@@ -228,7 +249,9 @@ class FeatureCodec(nn.Module):
 
   @nn.nowrap
   def unpack(self, params: Any, tables: Any, data: bytes) -> bitstream.Container:
-    """The container of a bitstream of this model (full or compact); BitstreamError otherwise."""
+    """The container of a bitstream of this model (full or compact), every field checked against
+    what this model writes for the bitstream's feature sizes (which are checked against
+    `bitstream.LIMITS` first); BitstreamError otherwise."""
     fp = self.fingerprint(params, tables)
     if isinstance(data, (bytes, bytearray, memoryview)) and bitstream.is_compact(data):
       pre = bitstream.read_compact_preamble(data, len(self.scales))
@@ -237,15 +260,45 @@ class FeatureCodec(nn.Module):
             "compact bitstream was written by another model (fingerprint prefix "
             f"{pre.short_fingerprint.hex()} != {fp[:bitstream.SHORT_FINGERPRINT_BYTES].hex()} of "
             f"this {self.codec_id!r} model)")
-      template = self.template(params, tables, pre.sizes)
+      sizes = bitstream.check_feature_sizes(pre.sizes, self.channels)
+      template = self.template(params, tables, sizes)
       c = bitstream.unpack_compact(data, pre, template)
-      meta = dict(c.metadata)
+      meta = dict(c.metadata, **{PYRAMID_KEY: [list(hw) for hw in sizes]})
       if template.folded:  # per-stream digests travel as one; the decoder checks that one
         meta.update({k: 0 for k in template.folded})
       return dataclasses.replace(c, fingerprint=fp, metadata=meta)
     c = bitstream.unpack(data)
     bitstream.check_model(c, self.codec_id, fp)
-    return c
+    meta = dict(c.metadata)
+    sizes = bitstream.check_feature_sizes(meta.pop(PYRAMID_KEY, None), self.channels)
+    template = self.template(params, tables, sizes)
+    if sorted(c.streams) != sorted(template.stream_names):
+      raise errors.CorruptBitstreamError(f"bitstream has streams {sorted(c.streams)}, this model "
+                                         f"writes {sorted(template.stream_names)}")
+    if dict(c.shapes) != dict(template.shapes):
+      raise errors.CorruptBitstreamError(
+          f"bitstream shapes {dict(c.shapes)} are not those this model writes for feature sizes "
+          f"{sizes}: {dict(template.shapes)}")
+    expected = {k: v for k, v in template.metadata.items() if k != DIGEST_KEY or not template.folded}
+    expected.update({k: 0 for k in template.folded})
+    bitstream.check_metadata(meta, expected)
+    return dataclasses.replace(c, metadata=dict(meta, **{PYRAMID_KEY: [list(hw) for hw in sizes]}))
+
+  @nn.nowrap
+  def coded_sizes(self, metadata: Mapping[str, Any], order: Sequence[str] | None = None
+                  ) -> tuple[tuple[int, int], ...]:
+    """For `decompress_streams`: (H, W) per scale in `order` (default `scales`), from the
+    container's feature sizes (checked against the model and `bitstream.LIMITS` by `unpack`); a
+    codec's own "sizes" metadata, where it writes one, must repeat them in that order."""
+    if PYRAMID_KEY not in metadata:
+      raise errors.CorruptBitstreamError("bitstream lacks its feature sizes")
+    by_scale = dict(zip(self.scales, (tuple(int(v) for v in hw) for hw in metadata[PYRAMID_KEY])))
+    out = tuple(by_scale[s] for s in (order or self.scales))
+    if "sizes" in metadata and metadata["sizes"] != [list(hw) for hw in out]:
+      raise errors.CorruptBitstreamError(
+          f"bitstream metadata 'sizes' {str(metadata['sizes'])[:80]} differs from the feature "
+          f"sizes of the container {out}")
+    return out
 
   @nn.nowrap
   def template(self, params: Any, tables: Any, sizes: Sequence[Sequence[int]]

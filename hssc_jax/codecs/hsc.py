@@ -358,12 +358,7 @@ class HSCCodec(base.FeatureCodec):
     base.require(streams, ["core/y", "core/z", "feature/y"], "streams")
     base.require(shapes, ["core/x", "core/y", "core/z", "feature/y"], "shapes")
     base.require(metadata, ["core/crc", "feature/crc", "sizes"], "metadata")
-    sizes = metadata["sizes"]
-    if (not isinstance(sizes, list) or len(sizes) != len(self.scales)
-        or not all(isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and 0 < i < 2**16
-                                                               for i in v) for v in sizes)):
-      raise errors.CorruptBitstreamError(f"bitstream metadata 'sizes' is malformed: {sizes!r}")
-    sizes = tuple(tuple(v) for v in sizes)
+    sizes = self.coded_sizes(metadata)
     got = {k: tuple(shapes[k]) for k in ("core/x", "core/y", "core/z", "feature/y")}
     want = self.expected_shapes(sizes, got["core/x"][0] if got["core/x"] else 0)
     if got != want or want["core/x"][0] < 1:

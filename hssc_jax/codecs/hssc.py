@@ -392,15 +392,11 @@ class HSSCCodec(base.FeatureCodec):
   @nn.nowrap
   def decompress_streams(self, params, tables, streams, shapes, metadata):
     base.require(metadata, ["sizes"], "metadata")
-    sizes = metadata["sizes"]
-    if (not isinstance(sizes, list) or len(sizes) != len(self.scales)
-        or not all(isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and 0 < i < 2**16
-                                                               for i in v) for v in sizes)):
-      raise errors.CorruptBitstreamError(f"bitstream metadata 'sizes' is malformed: {sizes!r}")
+    sizes = self.coded_sizes(metadata)
     sub = lambda d: {k.split("/", 1)[1]: v for k, v in d.items() if k.startswith("compact/")}
     c_hat = self.coder_model().decode(params["coder"], tables["compact"], sub(streams),
                                       sub(shapes), sub(metadata))
-    out = _rebuild_jit(self, tuple(tuple(v) for v in sizes))(params, c_hat)
+    out = _rebuild_jit(self, sizes)(params, c_hat)
     return jax.tree.map(np.asarray, out)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from hssc_jax import bitstream
 from hssc_jax import errors
+from hssc_jax.codecs import anchor
 from hssc_jax.codecs import inner
 
 
@@ -58,4 +59,6 @@ class ImageAnchor:
       raise errors.CorruptBitstreamError(
           f"image shape {shape} does not match image size {c.image_size}")
     qp = c.metadata.get("qp")
-    return self.codec.decode(c.streams["frame"], shape, np.uint8, qp=qp)
+    if not isinstance(qp, int) or isinstance(qp, bool):
+      raise errors.CorruptBitstreamError("image anchor bitstream lacks an integer 'qp'")
+    return anchor.decode_payload(self.codec, c.streams["frame"], shape, np.uint8, qp)

@@ -226,11 +226,7 @@ class LMFCCodec(base.FeatureCodec):
   @nn.nowrap
   def decompress_streams(self, params, tables, streams, shapes, metadata):
     base.require(metadata, ["sizes"], "metadata")
-    sizes = metadata["sizes"]
-    if (not isinstance(sizes, list) or len(sizes) != len(self.scales)
-        or not all(isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and 0 < i < 2**16
-                                                               for i in v) for v in sizes)):
-      raise errors.CorruptBitstreamError(f"bitstream metadata 'sizes' is malformed: {sizes!r}")
+    sizes = self.coded_sizes(metadata, list(self.coded_scales) + self.predicted_scales)
     n = len(self.coded_scales)
     coded_sizes = tuple(tuple(v) for v in sizes[:n])
     pred_sizes = tuple(tuple(v) for v in sizes[n:])
