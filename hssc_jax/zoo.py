@@ -101,19 +101,30 @@ def export(workdir: str | Path, name: str, folder: str | Path | None = None) -> 
   """Writes the trained codec of `workdir` as zoo model `name` (float16 parameters)."""
   from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
   _, params, _, run = train_lib.load_codec(workdir)
-  run = dict(run, codec_kwargs=dict(run["codec_kwargs"], header="compact"))
-  codec = _build(run)
-  params = _to_float32(_to_float16(jax.device_get(params)))  # what loading will see
+  metrics_path = Path(workdir) / "final_metrics.json"
+  return save(name, run["codec"], run["codec_kwargs"], run["scales"], run["channels"],
+              jax.device_get(params), folder, detector=run["detector"],
+              lmbdas=run.get("lmbdas", []), steps=_latest_step(workdir),
+              final_metrics=json.loads(metrics_path.read_text()) if metrics_path.exists() else {})
+
+
+def save(name: str, codec_name: str, codec_kwargs: Mapping[str, Any], scales: Sequence[str],
+         channels: Sequence[int], params: Any, folder: str | Path | None = None, **info: Any
+         ) -> Path:
+  """Writes a codec (registry name and options, parameters) as zoo model `name`: float16
+  parameters, the compact header, the fingerprint of every quality. `info` adds header fields
+  (detector, lmbdas, steps, final_metrics)."""
+  codec_kwargs = json.loads(json.dumps(dict(codec_kwargs, header="compact")))
+  head = {"name": name, "codec": codec_name, "codec_kwargs": codec_kwargs,
+          "scales": list(scales), "channels": [int(c) for c in channels], "detector": {},
+          "lmbdas": [], "steps": 0, "final_metrics": {}, **info}
+  codec = _build(head)
+  params = _to_float32(_to_float16(params))  # what loading will see
   tables = codec.build_tables(params)
   payload = flax.serialization.msgpack_serialize(_to_float16(params))
-  metrics_path = Path(workdir) / "final_metrics.json"
-  info = {"name": name, "codec": run["codec"], "codec_kwargs": run["codec_kwargs"],
-          "scales": run["scales"], "channels": run["channels"], "detector": run["detector"],
-          "lmbdas": run.get("lmbdas", []), "steps": _latest_step(workdir),
-          "payload_sha256": hashlib.sha256(payload).hexdigest(),
-          "fingerprints": _fingerprints(codec, params, tables),
-          "final_metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else {}}
-  header = json.dumps(info, sort_keys=True).encode("utf-8")
+  head.update(payload_sha256=hashlib.sha256(payload).hexdigest(),
+              fingerprints=_fingerprints(codec, params, tables))
+  header = json.dumps(head, sort_keys=True).encode("utf-8")
   path = path_of(name, folder)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
