@@ -24,24 +24,12 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+from configs.common import parse_arg  # one parser for every config (the eval configs use it too)
+
 _REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("HSSC_SHARED", _REPO.parent / "shared"))
 
 _DEFAULTS = dict(size="n", smoke=False, max_images=0, split="val2017")
-
-
-def parse_arg(arg: str | None, **defaults):
-  """'size=s,smoke' -> ConfigDict(size='s', smoke=True, ...) with types taken from the defaults."""
-  out = dict(defaults)
-  for token in filter(None, (arg or "").split(",")):
-    key, _, value = token.partition("=")
-    if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
-    if isinstance(defaults[key], bool):
-      out[key] = value.lower() in ("", "1", "true", "yes")
-    else:
-      out[key] = type(defaults[key])(value)
-  return ml_collections.ConfigDict(out)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
