@@ -1,5 +1,12 @@
 """Feature codecs: learned codecs (see `base`, `registry`) and the traditional-codec anchors.
 
+Learned codecs, one file per paper (Flax modules; `registry.build_codec` builds them by name):
+  hyperprior   HyperpriorCodec: a mean-scale hyperprior per scale (the base codec)
+  lmfc         LMFCCodec: L-MFC (Liu et al., ICASSP 2023)
+  hssc         HSSCCodec: HSSC's SFTNet (Zhang et al., IEEE Trans. Broadcasting 2025)
+  hsc          HSCCodec: HSC (Li et al., 2025)
+  mfiba        MFIBACodec: MFIBA (Liu et al., 2025)
+
 Anchors and their parts (host-side numpy; no jit):
   inner        HEVC (libx265), AV1 (SVT-AV1), VVC (vvenc/vvdec): frame <-> elementary stream
   tiling       pyramid <-> one gray frame (near-square grid per scale, scales stacked)
@@ -9,6 +16,7 @@ Anchors and their parts (host-side numpy; no jit):
 """
 
 from hssc_jax.codecs import inner
+from hssc_jax.codecs import registry
 from hssc_jax.codecs import reorder
 from hssc_jax.codecs import tiling
 from hssc_jax.codecs.anchor import dequantize
@@ -21,3 +29,9 @@ from hssc_jax.codecs.inner import AV1
 from hssc_jax.codecs.inner import HEVC
 from hssc_jax.codecs.inner import InnerCodec
 from hssc_jax.codecs.inner import VVC
+from hssc_jax.codecs.base import FeatureCodec
+from hssc_jax.codecs.hsc import HSCCodec
+from hssc_jax.codecs.hssc import HSSCCodec
+from hssc_jax.codecs.hyperprior import HyperpriorCodec
+from hssc_jax.codecs.lmfc import LMFCCodec
+from hssc_jax.codecs.mfiba import MFIBACodec
