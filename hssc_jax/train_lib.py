@@ -364,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       bar.update(1)
       ckpt.maybe_save(done, state, force=done == steps)
   finally:
+    ckpt.wait()  # a save still in flight (e.g. when the loss diverged) completes before we go on
     bar.close()
     writer.close()
   if steps > start or not (workdir / "tables" / f"{steps}.npz").exists():

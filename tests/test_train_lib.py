@@ -1,6 +1,7 @@
 """Training system tests on the smoke configs (generated shapes, random ShapesNet, tiny codecs)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,14 +83,24 @@ def test_bad_configs(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_saves_nothing_broken(tmp_path):
-  config = smoke(base_config, steps=6, **{"optim.lr": 1e30, "optim.warmup_steps": 1,
-                                          "optim.clip_norm": 1e30})
-  with pytest.raises(errors.TrainingError, match=r"at step \d+"):
+  # Warmup of one step: step 1 trains at lr 0, step 2 at lr 1e30 (params ~1e30, still finite), and
+  # the loss of step 3 is NaN. With a checkpoint every step, steps 1 and 2 are saved before it.
+  config = smoke(base_config, steps=6, checkpoint_every=1, keep_checkpoints=10, log_every=100,
+                 **{"optim.lr": 1e30, "optim.warmup_steps": 1, "optim.clip_norm": 1e30})
+  with pytest.raises(errors.TrainingError, match=r"at step \d+") as info:
     train_lib.train_and_evaluate(config, str(tmp_path))
-  ckpts = list((tmp_path / "checkpoints").glob("*")) if (tmp_path / "checkpoints").exists() else []
-  for c in ckpts:  # Any checkpoint written before the divergence holds finite parameters.
-    codec, params, _, _ = train_lib.load_codec(tmp_path, int(c.name))
-    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+  failed_at = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+  folder = tmp_path / "checkpoints"
+  assert not _saving_steps(tmp_path), "a save was still in flight when the error was raised"
+  saved = sorted(_finished_steps(tmp_path))
+  assert saved, "no checkpoint was written before the divergence: the test checks nothing"
+  # Nothing at or after the diverged step (not even a half-written save), and no final tables.
+  assert all(int(p.name.split(".")[0]) < failed_at for p in folder.iterdir()), (
+      failed_at, sorted(p.name for p in folder.iterdir()))
+  assert not (tmp_path / "tables").exists() or not any((tmp_path / "tables").iterdir())
+  for step in saved:  # Every checkpoint written before the divergence holds finite parameters.
+    _, params, _, _ = train_lib.load_codec(tmp_path, step)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params)), step
 
 
 def _finished_steps(workdir):

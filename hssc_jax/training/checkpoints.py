@@ -128,6 +128,10 @@ class Checkpointer:
     tmp.rename(path)
     return path
 
+  def wait(self) -> None:
+    """Blocks until every started save is complete on disk."""
+    self.manager.wait_until_finished()
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -33,16 +34,43 @@ def model():
   return codec, checks.init(codec, feats), feats
 
 
+def _resampling_convs(codec, variables, feats):
+  """{resampler: [(conv class, input HxW, output HxW, output channels), ...]}: the convolutions the
+  evaluation forward runs inside the per-scale resamplers `fuse_in_<s>` / `unfuse_<s>` (found by
+  intercepting module calls, not by parameter names)."""
+  found = {}
+
+  def spy(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    m = context.module
+    if context.method_name == "__call__" and isinstance(m, (nn.Conv, nn.ConvTranspose)):
+      top = m.scope.path[0]
+      if top.startswith(("fuse_in_", "unfuse_")):
+        found.setdefault(top, []).append(
+            (type(m).__name__, args[0].shape[1:3], out.shape[1:3], out.shape[3]))
+    return out
+
+  with nn.intercept_methods(spy):
+    jax.eval_shape(lambda v, f: codec.apply(v, f, False), variables, feats)
+  return found
+
+
 def test_forward_round_trip_bits_per_level_and_bad_inputs(model):
   codec, variables, feats = model
   out = checks.check_forward(codec, variables, feats)
   assert set(out["bits"]) == STREAMS
   assert all(np.all(np.asarray(b) > 0) for b in out["bits"].values())
-  # Finer scales go down to the fusion grid (p4) by strided convs, coarser ones up by sub-pixel
-  # convs; the reconstruction goes the other way.
-  p = variables["params"]
-  assert "Upsample_0" in p["fuse_in_p5"] and "Upsample_0" in p["unfuse_p3"]
-  assert not any("Upsample" in k for k in (*p["fuse_in_p3"], *p["unfuse_p5"], *p["unfuse_p4"]))
+  # Finer scales go down to the fusion grid (p4, 20x20) by stride-2 convs, coarser ones up by
+  # sub-pixel convs (a conv to 4x the width, pixel-shuffled; no transposed conv); the
+  # reconstruction goes the other way. Every width is min(hidden_channels, channels) = 16.
+  assert _resampling_convs(codec, variables, feats) == {
+      "fuse_in_p3": [("Conv", (40, 40), (20, 20), 16)],   # stride 2 down
+      "fuse_in_p4": [("Conv", (20, 20), (20, 20), 16)],   # already on the fusion grid
+      "fuse_in_p5": [("Conv", (10, 10), (10, 10), 64)],   # sub-pixel x2 up
+      "unfuse_p3": [("Conv", (20, 20), (20, 20), 64)],    # sub-pixel x2 up
+      "unfuse_p4": [("Conv", (20, 20), (20, 20), 16)],
+      "unfuse_p5": [("Conv", (20, 20), (10, 10), 16)],    # stride 2 down
+  }
   params, tables, data, _ = checks.check_round_trip(codec, variables, feats, atol=ATOL)
   c = bitstream.unpack(data)
   assert set(c.streams) == set(c.stream_bits) == STREAMS

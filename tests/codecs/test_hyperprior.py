@@ -1,6 +1,7 @@
 import importlib.util
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -36,16 +37,32 @@ def test_odd_sizes_are_padded_and_cropped():
   checks.check_round_trip(codec, variables, feats)
 
 
-def test_bitstream_from_other_codec_config_is_refused():
+def _norm(scale):
+  return tuple((s, (scale,) * c, (2.0,) * c) for s, c in zip(("p3", "p4", "p5"), SMALL["channels"]))
+
+
+@pytest.mark.parametrize("field,a_kw,b_kw", [
+    ("quality", dict(qualities=2, quality=0), dict(qualities=2, quality=1)),
+    ("feature_norm", dict(feature_norm=_norm(0.0)), dict(feature_norm=_norm(0.5))),
+], ids=["quality", "feature_norm"])
+def test_bitstream_from_other_codec_config_is_refused(field, a_kw, b_kw):
+  """A model that differs only in a field decoding depends on (same parameter shapes: the
+  parameters of `a` fit `b`) refuses `a`'s bitstream instead of decoding it wrongly."""
   feats = checks.pyramid()
-  a = HyperpriorCodec(**SMALL)
-  b = HyperpriorCodec(**{**SMALL, "hyper_channels": 12, "stages": (2, 1, 1)}, context_slices=0,
-                      train_quantization="mixed")
+  a, b = HyperpriorCodec(**SMALL, **a_kw), HyperpriorCodec(**SMALL, **b_kw)
   va = checks.init(a, feats)
+  assert jax.tree.map(np.shape, checks.init(b, feats)) == jax.tree.map(np.shape, va)
+  # The field changes what the decoder outputs from the same latents and parameters.
+  ya = a.apply(va, feats, False)["features_hat"]
+  yb = b.apply(va, feats, False)["features_hat"]
+  if field == "feature_norm":
+    ya, yb = a.denormalize(ya), b.denormalize(ya)
+  assert not np.allclose(ya["p5"], yb["p5"], atol=1e-3), field
   ta = a.build_tables(va["params"])
   data = a.compress(va["params"], ta, feats, (320, 320))
   with pytest.raises(errors.ModelMismatchError):
     b.decompress(va["params"], ta, data)
+  a.decompress(va["params"], ta, data)  # the model that wrote it decodes it
 
 
 def test_bad_config():

@@ -70,7 +70,7 @@ def test_round_trip_allocation_in_bitstream_and_bad_inputs(model):
   codec, variables, feats, _ = model
   one = {s: a[:1] for s, a in feats.items()}
   # Equal to the evaluation-mode reconstruction up to the last float32 bit (the float64 host
-  # means of the hyperprior); decoding twice is bit-identical.
+  # means of the hyperprior); a decode without jit gives the same bits.
   params, tables, data, ev = checks.check_round_trip(codec, variables, one, atol=1e-6)
   c = bitstream.unpack(data)
   assert set(c.streams) == {f"{s}/{k}" for s in SCALES for k in ("y", "z")}
