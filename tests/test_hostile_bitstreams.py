@@ -165,10 +165,12 @@ def _lie_full(c: bitstream.Container, other: bitstream.Container, rng) -> bitstr
 def _lie_compact(data: bytes, other: bytes, rng) -> bytes:
   """Header bytes of a compact bitstream changed, inserted or deleted; the CRC recomputed."""
   body = bytearray(data[:-4])
-  head_end = min(len(body), 40)
   for _ in range(int(rng.integers(1, 4))):
+    if len(body) < 5:
+      break
     kind = _pick(rng, ["set", "set", "flip", "insert", "delete", "splice", "varint"])
-    pos = int(rng.integers(3, head_end))  # magic and version stay (their errors are tested apart)
+    # Magic and version stay (their errors are tested apart); the header is the first 40 bytes.
+    pos = int(rng.integers(3, min(len(body), 40)))
     if kind == "set":
       body[pos] = int(rng.integers(256))
     elif kind == "flip":
