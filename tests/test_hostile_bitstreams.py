@@ -7,7 +7,7 @@ renamed, swapped and foreign streams), and writes a valid checksum over the lie.
 decoding raises a `BitstreamError` subclass, or returns a finite pyramid of the model's scales and
 channels (some lies, e.g. the original image size, do not change what is decoded). Any other
 exception, or a case slower than `CASE_SECONDS`, fails. `make test` runs a few hundred cases per
-codec and header; `pytest -m slow` runs 2,000 per codec.
+codec and header; `pytest -m slow` runs 2,000 per codec and per anchor.
 """
 
 import dataclasses
@@ -267,10 +267,12 @@ def _anchor_pyramid(seed):
           for i, (s, c) in enumerate(zip(SCALES, CHANNELS))}
 
 
-@pytest.mark.parametrize("reorder", ["none", "global"])
-def test_feature_anchor_lying_headers_end_in_bitstream_errors(reorder):
+ANCHOR_CASES = 60
+
+
+def _check_feature_anchor(reorder, n):
   anchor = FeatureAnchor((0.0, 4.0), reorder=reorder)
-  cases = _anchor_cases(lambda s: anchor.compress(_anchor_pyramid(s), (60, 64), 37), 60, seed=3)
+  cases = _anchor_cases(lambda s: anchor.compress(_anchor_pyramid(s), (60, 64), 37), n, seed=3)
 
   def check(out):
     assert all(np.all(np.isfinite(v)) and v.size <= LIMITS["max_feature_values"]
@@ -279,12 +281,28 @@ def test_feature_anchor_lying_headers_end_in_bitstream_errors(reorder):
   _run(anchor.decompress, cases, check)
 
 
-def test_image_anchor_lying_headers_end_in_bitstream_errors():
+def _check_image_anchor(n):
   anchor = ImageAnchor()
   rng = np.random.default_rng(0)
   image = lambda s: rng.integers(0, 255, size=(16 + 2 * s, 24, 3), dtype=np.uint8)
-  cases = _anchor_cases(lambda s: anchor.compress(image(s), 40), 60, seed=4)
+  cases = _anchor_cases(lambda s: anchor.compress(image(s), 40), n, seed=4)
   _run(anchor.decompress, cases, lambda out: None)
+
+
+@pytest.mark.parametrize("reorder", ["none", "global"])
+def test_feature_anchor_lying_headers_end_in_bitstream_errors(reorder):
+  _check_feature_anchor(reorder, ANCHOR_CASES)
+
+
+def test_image_anchor_lying_headers_end_in_bitstream_errors():
+  _check_image_anchor(ANCHOR_CASES)
+
+
+@pytest.mark.slow
+def test_anchor_lying_headers_end_in_bitstream_errors_long():
+  for reorder in ("none", "global"):
+    _check_feature_anchor(reorder, SLOW_CASES // 2)
+  _check_image_anchor(SLOW_CASES)
 
 
 def test_sizes_beyond_the_limits_are_refused_before_allocation():
