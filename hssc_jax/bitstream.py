@@ -90,6 +90,16 @@ def check_image_size(size: Any) -> tuple[int, int]:
   return int(h), int(w)
 
 
+def _check_sides(sizes: Any) -> None:
+  """Each (H, W) non-empty and within `LIMITS.max_feature_side`."""
+  for h, w in sizes:
+    if h < 1 or w < 1:
+      raise errors.CorruptBitstreamError(f"feature size {h}x{w} is empty")
+    if max(h, w) > LIMITS.max_feature_side:
+      raise errors.DecodeLimitError(f"feature size {h}x{w} exceeds the decoder's limit of "
+                                    f"{LIMITS.max_feature_side} (bitstream.set_decode_limits)")
+
+
 def check_feature_sizes(sizes: Any, channels: Any) -> tuple[tuple[int, int], ...]:
   """Per-scale (H, W) feature sizes read from a bitstream: one pair of positive ints per channel
   count, within `LIMITS` (side and total values)."""
@@ -100,12 +110,7 @@ def check_feature_sizes(sizes: Any, channels: Any) -> tuple[tuple[int, int], ...
     raise errors.CorruptBitstreamError(
         f"feature sizes {sizes!r} are not one (height, width) pair per scale ({len(channels)})")
   out = tuple((int(h), int(w)) for h, w in sizes)
-  for h, w in out:
-    if h < 1 or w < 1:
-      raise errors.CorruptBitstreamError(f"feature size {h}x{w} is empty")
-    if max(h, w) > LIMITS.max_feature_side:
-      raise errors.DecodeLimitError(f"feature size {h}x{w} exceeds the decoder's limit of "
-                                    f"{LIMITS.max_feature_side} (bitstream.set_decode_limits)")
+  _check_sides(out)
   values = sum(h * w * c for (h, w), c in zip(out, channels))
   if values > LIMITS.max_feature_values:
     raise errors.DecodeLimitError(
@@ -445,12 +450,7 @@ def _read_sizes(r: "_Reader", num_scales: int) -> tuple[tuple[int, int], ...]:
   else:
     out = [(_read_varint(r, "feature height"), _read_varint(r, "feature width"))
            for _ in range(k)]
-  for h, w in out:  # sides first (the codec checks the values against its channels)
-    if h < 1 or w < 1:
-      raise errors.CorruptBitstreamError(f"feature size {h}x{w} is empty")
-    if max(h, w) > LIMITS.max_feature_side:
-      raise errors.DecodeLimitError(f"feature size {h}x{w} exceeds the decoder's limit of "
-                                    f"{LIMITS.max_feature_side} (bitstream.set_decode_limits)")
+  _check_sides(out)  # sides first (the codec checks the values against its channels)
   return tuple(out)
 
 

@@ -139,8 +139,9 @@ class Decoder:
                                               self._table.lookup)
     self._handle, symbols = ops.entropy_decode_index(
         self._handle, indexes.ravel(), tf.constant([indexes.size], tf.int32), tf.int32)
-    self._seen.append((symbols.numpy(), indexes.ravel()))
-    values = symbols.numpy().astype(np.int64) + self._table.offset[indexes.ravel()]
+    symbols = symbols.numpy()
+    self._seen.append((symbols, indexes.ravel()))
+    values = symbols.astype(np.int64) + self._table.offset[indexes.ravel()]
     return values.reshape(indexes.shape).astype(np.int32)
 
   def finish(self) -> None:
