@@ -90,7 +90,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
   c.seed = 0
-  c.init_from = ""  # a workdir whose latest parameters start this run (warm start, new optimizer)
+  c.init_from = ""  # warm start (new optimizer): a workdir's latest parameters, or "zoo:<name>"
   c.distributed = False
   c.progress = True
 

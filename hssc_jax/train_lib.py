@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,6 +30,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hssc_jax import errors
+from hssc_jax import zoo
 from hssc_jax.codecs import registry
 from hssc_jax.detectors import factory
 from hssc_jax.training import checkpoints
@@ -248,6 +250,41 @@ def _global(batch: Mapping[str, Any], sharding: NamedSharding) -> Any:
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
+ZOO_PREFIX = "zoo:"  # init_from="zoo:<name>": warm start from a shipped zoo model
+
+
+def read_warm_start(init_from: str) -> tuple[dict[str, Any], Any] | None:
+  """(zoo header, float32 parameters) when `init_from` names a zoo model ("zoo:base"), else None
+  (a workdir, restored by `checkpoints.restore_params`)."""
+  if not init_from.startswith(ZOO_PREFIX):
+    return None
+  name = init_from[len(ZOO_PREFIX):]
+  if name not in zoo.names():
+    raise errors.ConfigError(f"init_from {init_from!r}: no zoo model {name!r}; the zoo has "
+                             f"{zoo.names()}")
+  return zoo.read(zoo.path_of(name))
+
+
+def overlay_params(params: Any, source: Any) -> tuple[Any, int, int]:
+  """`params` with every array that `source` holds at the same path and shape replaced by it
+  (e.g. MFIBA started from the base codec, whose per-scale models it shares). Returns (params,
+  arrays copied, arrays in all); ConfigError when nothing matches or a shared path differs in shape.
+  """
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+  src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source))
+  clash = [k for k in flat if k in src and np.shape(src[k]) != np.shape(flat[k])]
+  if clash:
+    raise errors.ConfigError(
+        "warm start: parameters of the same name differ in shape, e.g. "
+        f"{'/'.join(clash[0])} {np.shape(src[clash[0]])} vs {np.shape(flat[clash[0]])}")
+  copied = [k for k in flat if k in src]
+  if not copied:
+    raise errors.ConfigError("warm start: the source shares no parameter with this codec")
+  for k in copied:
+    flat[k] = jnp.asarray(src[k], flat[k].dtype)
+  return flax.traverse_util.unflatten_dict(flat), len(copied), len(flat)
+
+
 CONSTANTS_FILE = "constants.json"  # codec fields fitted after training (e.g. MFIBA's allocation)
 
 
@@ -268,7 +305,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   stream = batches_from(0)
   first = as_features(next(stream))  # initialises the parameters (and starts the fit)
   feature_norm = None
-  if config.codec.get("normalize", False):
+  warm = read_warm_start(str(config.get("init_from", "")))
+  if warm is not None and config.codec.get("normalize", False):
+    feature_norm = warm[0].get("codec_kwargs", {}).get("feature_norm")  # the source's constants
+  if feature_norm is None and config.codec.get("normalize", False):
     fit_batches = itertools.chain([first], (as_features(b) for b in stream))
     feature_norm = fit_feature_norm(fit_batches, int(config.codec.get("normalize_batches", 32)),
                                     detector.feature_names)
@@ -296,9 +336,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = restored
   elif config.get("init_from", ""):
     # Warm start (e.g. a new lambda sweep): the parameters of another run, a fresh optimizer.
-    abstract = jax.eval_shape(lambda: state["params"])
-    init, init_step = checkpoints.restore_params(config.init_from, abstract)
-    print(f"initialised from {config.init_from} step {init_step}")
+    if warm is not None:
+      init, copied, total = overlay_params(state["params"], warm[1])
+      print(f"initialised {copied} of {total} parameter arrays from {config.init_from}")
+    else:
+      abstract = jax.eval_shape(lambda: state["params"])
+      init, init_step = checkpoints.restore_params(config.init_from, abstract)
+      print(f"initialised from {config.init_from} step {init_step}")
     state = jax.device_put({"step": state["step"], "params": init, "opt_state": tx.init(init)},
                            replicated)
   start = int(state["step"])

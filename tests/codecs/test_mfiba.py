@@ -261,3 +261,30 @@ def test_smoke_config_trains(tmp_path):
   assert bitstream.unpack(data).metadata["allocation"] == np.asarray(ev["gain_indexes"])[0].tolist()
   for s in feats:
     np.testing.assert_allclose(out[s], ev["features_hat"][s], atol=1e-6, rtol=0)
+
+
+def test_warm_start_from_base_codec_codes_as_it():
+  """`init_from="zoo:base"` overlays the base codec's per-scale models on a fresh MFIBA: with MFIP's
+  uniform start (gain 1 on every scale) it then codes exactly as the base codec does."""
+  base_kw = {k: v for k, v in SMALL.items() if k not in ("mfip_channels", "channels")}
+  hyper = registry.build_codec("hyperprior", base_kw, SCALES, SMALL["channels"])
+  feats = checks.pyramid(batch=2, seed=3)
+  source = checks.init(hyper, feats)["params"]
+  source = jax.tree.map(lambda a: a + 0.01, source)  # differs from MFIBA's own initialisation
+  codec = MFIBACodec(**SMALL)
+  params, copied, total = train_lib.overlay_params(checks.init(codec, feats)["params"], source)
+  assert copied == len(jax.tree.leaves(source)) and total == copied + 11  # + MFIP, offsets
+  want = hyper.apply({"params": source}, feats, False)
+  got = codec.apply({"params": params}, feats, False)
+  for s in SCALES:
+    np.testing.assert_array_equal(got["features_hat"][s], want["features_hat"][s])
+    np.testing.assert_array_equal(got["bits"][f"{s}/y"], want["bits"][f"{s}/y"])
+  wider = registry.build_codec("hyperprior", dict(base_kw, latent_channels=24), SCALES,
+                               SMALL["channels"])
+  with pytest.raises(errors.ConfigError, match="differ in shape"):
+    train_lib.overlay_params(params, checks.init(wider, feats)["params"])
+  with pytest.raises(errors.ConfigError, match="shares no parameter"):
+    train_lib.overlay_params(params, {"other": np.zeros(3)})
+  with pytest.raises(errors.ConfigError, match="no zoo model 'nope'"):
+    train_lib.read_warm_start("zoo:nope")
+  assert train_lib.read_warm_start("runs/some_workdir") is None
