@@ -17,7 +17,7 @@ MPEG feature-coding tests and CompressAI-Vision. The loss lives outside the modu
 import dataclasses
 import functools
 import json
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,7 @@ import numpy as np
 from hssc_jax import bitstream
 from hssc_jax import errors
 from hssc_jax.entropy import determinism
+from hssc_jax.entropy import quantization
 
 Pyramid = Mapping[str, Any]
 
@@ -100,14 +101,60 @@ def module_config(module: nn.Module) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def jitted_method(module: nn.Module, method: str, static_argnums: tuple[int, ...] = ()):
-  """A cached `jax.jit` of `module.apply({"params": p}, *args, method=method)`.
-
-  `static_argnums` count `params` as argument 0.
-  """
+def compiled(module: nn.Module, method: str, *static: Any, host: bool = False, jit: bool = True
+             ) -> Callable[..., Any]:
+  """`f(params, *args) = module.apply({"params": params}, *args, *static, method=method)`, cached
+  per (module, method, static arguments): `jax.jit`-compiled, or with `host=True` run in float64 on
+  the CPU (`determinism.HostFunction`: the entropy-parameter paths whose outputs set the entropy
+  coder's indexes); `jit=False` runs it op by op. `static` (hashable: sizes as tuples) trail the
+  dynamic arguments."""
   fn = getattr(type(module), method)
-  return jax.jit(lambda params, *args: module.apply({"params": params}, *args, method=fn),
-                 static_argnums=static_argnums)
+  apply = lambda params, *args: module.apply({"params": params}, *args, *static, method=fn)
+  if host:
+    return determinism.HostFunction(apply, jit=jit)
+  return jax.jit(apply) if jit else apply
+
+
+def per_scale(value: Any, scales: Sequence[str], what: str) -> dict[str, Any]:
+  """A codec option given once for all scales, as a per-scale sequence or as a dict, per scale."""
+  if isinstance(value, Mapping):
+    missing = [s for s in scales if s not in value]
+    if missing:
+      raise errors.ConfigError(f"{what} lacks scales {missing}")
+    return {s: value[s] for s in scales}
+  if isinstance(value, (list, tuple)):
+    if len(value) != len(scales):
+      raise errors.ConfigError(f"{what} has {len(value)} entries for {len(scales)} scales")
+    return dict(zip(scales, value))
+  return {s: value for s in scales}
+
+
+def part(prefix: str, *entries: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+  """The entries ("<prefix>/<name>") of one coded part, the prefix removed, from each of `entries`
+  (streams, shapes, metadata)."""
+  p = prefix + "/"
+  return tuple({k[len(p):]: v for k, v in d.items() if k.startswith(p)} for d in entries)
+
+
+@dataclasses.dataclass
+class Coded:
+  """What `compress_streams` returns, gathered part by part under stream-name prefixes."""
+
+  streams: dict[str, bytes] = dataclasses.field(default_factory=dict)
+  shapes: dict[str, tuple] = dataclasses.field(default_factory=dict)
+  metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def add(self, prefix: str, streams: Mapping[str, bytes], shapes: Mapping[str, Any],
+          metadata: Mapping[str, Any], *rest: Any) -> Any:
+    """Adds one part's (streams, shapes, metadata) as "<prefix>/<name>"; returns what the encoder
+    gave beyond them (e.g. `HyperpriorModel.encode`'s decoded latent), if anything."""
+    for mine, theirs in ((self.streams, streams), (self.shapes, shapes),
+                         (self.metadata, metadata)):
+      mine.update({f"{prefix}/{k}": v for k, v in theirs.items()})
+    return rest[0] if rest else None
+
+  def astuple(self) -> tuple[dict, dict, dict]:
+    return self.streams, self.shapes, self.metadata
 
 
 def norm_stats(feature_norm: Any, scales: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -129,8 +176,7 @@ def norm_stats(feature_norm: Any, scales: Sequence[str]) -> dict[str, tuple[np.n
 
 
 class FeatureCodec(nn.Module):
-  """Base class: subclasses define `scales`, __call__, build_tables, compress_streams and
-  decompress_streams.
+  """Base class: subclasses define __call__, build_tables, compress_streams and decompress_streams.
 
   The container (magic, version, codec id, fingerprint, shapes, streams, checksum) is handled here,
   so every codec refuses truncated, corrupted or foreign bitstreams the same way.
@@ -147,10 +193,25 @@ class FeatureCodec(nn.Module):
   """
 
   codec_id: ClassVar[str] = "codec"
+  scales: Sequence[str] = ("p3", "p4", "p5")
+  channels: Sequence[int] = (64, 128, 256)
+  train_quantization: str = "noise"
   feature_norm: Any = None
   qualities: int = 0
   quality: Any = 0
   header: str = "full"
+
+  @nn.nowrap
+  def check_fields(self, min_scales: int = 1) -> None:
+    """ConfigError unless the fields every codec shares are sound (call from `setup`)."""
+    if len(self.scales) < min_scales:
+      raise errors.ConfigError(f"{self.codec_id} needs at least {min_scales} scale(s), got "
+                               f"{tuple(self.scales)}")
+    if len(self.channels) != len(self.scales):
+      raise errors.ConfigError(f"{len(self.channels)} channel counts for scales {self.scales}")
+    if self.train_quantization not in quantization.MODES:
+      raise errors.ConfigError(f"train_quantization {self.train_quantization!r} is not one of "
+                               f"{quantization.MODES}")
 
   @nn.nowrap
   def rate_kwargs(self) -> dict[str, Any]:
@@ -183,11 +244,12 @@ class FeatureCodec(nn.Module):
 
   @nn.nowrap
   def compress(self, params: Any, tables: Any, features: Pyramid,
-               image_size: Sequence[int]) -> bytes:
-    """Host: one image's pyramid (batch 1) -> a self-describing bitstream."""
+               image_size: Sequence[int], **options: Any) -> bytes:
+    """Host: one image's pyramid (batch 1) -> a self-describing bitstream (`options` go to the
+    codec's `compress_streams`, e.g. MFIBA's explicit gains)."""
     feats = self.prepare(features)
     return self.pack(params, tables, feats, image_size,
-                     *self.compress_streams(params, tables, feats))
+                     *self.compress_streams(params, tables, feats, **options))
 
   @nn.nowrap
   def prepare(self, features: Pyramid) -> dict[str, np.ndarray]:

@@ -20,28 +20,11 @@ the detector's pyramid (equation labels are this port's):
    p_s_hat = conv(FiLM(ResBlock(resample_s(t)) | GAP(y_c_hat)))                                (H6)
 ```
 
-Progressive sharing of the context model. The port reads the paper's "entropy model progressively
-shared by channel-wise context" as: both levels use the same kind of channel-wise autoregressive
-context model (`entropy.channel_context`, slices + LRP), and the decoded core latent takes the role
-of the hyperprior for the feature latent (H4): the hyper inputs (means, scales) of CC_f are predicted
-from y_c_hat, resampled to y_f's grid. The feature level thus has no side latent z of its own; its
-bits are conditioned on the core level's. Each level has its own context transforms (weights are not
-tied).
-
-Port choices the abstract leaves open: everything above the two-level structure, i.e. that the core
-latent is coded from the coarsest scale with a mean-scale hyperprior (`HyperpriorModel` with a
-channel context; its synthesis g_s is unused), the fusion grid and resampling (strided convs down,
-sub-pixel convs up, as transposed convs run ~6x slower on XLA:CPU; bilinear up for the core
-guidance in (H6); crops onto the top-left-aligned finer grid, a bilinear fit for ratios that are not
-powers of two), the prior network P, the FiLM modulation (zero-initialised) of every scale by pooled
-core semantics in (H6), and all widths. Any number of scales >= 2 and any spatial size work (inputs
-are zero-padded to the strides and outputs cropped back). The entropy-parameter networks (h_s, P and
-the context transforms) run in float64 on the host when coding (`entropy.determinism`), so the
-decoded pyramid equals `apply(..., training=False)` up to float32 rounding (~1e-6), not bit-exactly.
 Rates are reported per level: bits "core/y", "core/z" and "feature/y".
+
+Port decisions: docs/port_notes.md, "HSC (Li et al., 2025)".
 """
 
-import functools
 from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
@@ -51,22 +34,11 @@ import numpy as np
 
 from hssc_jax import errors
 from hssc_jax.codecs import base
-from hssc_jax.codecs.hyperprior import HyperpriorModel, gain_init
+from hssc_jax.codecs.hyperprior import HyperpriorModel, gain_init, model_from
 from hssc_jax.entropy import channel_context
-from hssc_jax.entropy import determinism
-from hssc_jax.entropy import factorized
-from hssc_jax.entropy import quantization
 from hssc_jax.entropy import tables as tables_lib
 from hssc_jax.entropy.channel_context import ChannelContext
-from hssc_jax.layers import GDN, Analysis, ResidualBlock, conv, pad_to_multiple
-
-
-def _fit(x: jax.Array, h: int, w: int) -> jax.Array:
-  """NHWC x onto an (h, w) grid that shares its top-left corner: a crop when x is at least that
-  large (the padded or ceil-divided grids of the pyramid), else a bilinear resize."""
-  if x.shape[1] >= h and x.shape[2] >= w:
-    return x[:, :h, :w, :]
-  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear")
+from hssc_jax.layers import GDN, Analysis, ResidualBlock, conv, fit_to, pad_to_multiple
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -109,7 +81,7 @@ class Rescale(nn.Module):
       layer = (Upsample(self.features, self.kernel) if self.up > 0
                else conv(self.features, self.kernel, 2))
       x = nn.leaky_relu(layer(x))
-    return _fit(x, h, w)
+    return fit_to(x, h, w)
 
 
 class FeatureSynthesis(nn.Module):
@@ -165,8 +137,6 @@ class HSCCodec(base.FeatureCodec):
   """
 
   codec_id: ClassVar[str] = "hsc"
-  scales: Sequence[str] = ("p3", "p4", "p5")
-  channels: Sequence[int] = (64, 128, 256)
   core_channels: int = 96
   latent_channels: int = 128
   hidden_channels: int = 128
@@ -178,7 +148,6 @@ class HSCCodec(base.FeatureCodec):
   transform: str = "gdn"
   context_slices: int = 4
   context_hidden: Sequence[int] = (96, 64)
-  train_quantization: str = "noise"
 
   # ---- structure -------------------------------------------------------------------------------
 
@@ -200,11 +169,8 @@ class HSCCodec(base.FeatureCodec):
   @nn.nowrap
   def core_model(self) -> HyperpriorModel:
     """Level 1 (SCN): mean-scale hyperprior + channel context over the coarsest scale."""
-    return HyperpriorModel(out_channels=list(self.channels)[-1], latent_channels=self.core_channels,
-                           hidden_channels=self.hidden_channels, hyper_channels=self.hyper_channels,
-                           stages=self.core_stages, hyper_stages=self.hyper_stages,
-                           transform=self.transform, context_slices=self.context_slices,
-                           context_hidden=tuple(self.context_hidden), **self.rate_kwargs())
+    return model_from(self, list(self.channels)[-1], latent_channels=self.core_channels,
+                      stages=self.core_stages)
 
   @nn.nowrap
   def feature_context_model(self) -> ChannelContext:
@@ -219,15 +185,9 @@ class HSCCodec(base.FeatureCodec):
 
   @nn.nowrap
   def _check_config(self) -> None:
-    if len(self.scales) < 2:
-      raise errors.ConfigError(f"HSC needs at least two scales, got {tuple(self.scales)}")
-    if len(self.channels) != len(self.scales):
-      raise errors.ConfigError(f"{len(self.channels)} channel counts for scales {self.scales}")
+    self.check_fields(min_scales=2)
     if self.fusion_scale and self.fusion_scale not in self.scales:
       raise errors.ConfigError(f"fusion_scale {self.fusion_scale!r} is not one of {self.scales}")
-    if self.train_quantization not in quantization.MODES:
-      raise errors.ConfigError(f"train_quantization {self.train_quantization!r} is not one of "
-                               f"{quantization.MODES}")
     if self.transform not in ("gdn", "residual"):
       raise errors.ConfigError(f"transform must be 'gdn' or 'residual', got {self.transform!r}")
     for name in ("core_channels", "latent_channels", "hidden_channels", "hyper_channels"):
@@ -286,7 +246,7 @@ class HSCCodec(base.FeatureCodec):
     t = self.g_f_inv(self._feature_gain(feature_hat, inverse=True))[:, :hf, :wf, :]
     c = self.core_in(core_hat)
     f = 2 ** self.core_levels
-    c = _fit(jax.image.resize(c, (c.shape[0], c.shape[1] * f, c.shape[2] * f, c.shape[3]),
+    c = fit_to(jax.image.resize(c, (c.shape[0], c.shape[1] * f, c.shape[2] * f, c.shape[3]),
                               "bilinear"), hf, wf)
     t = nn.leaky_relu(self.merge(jnp.concatenate([t, c], axis=-1)))
     semantics = jnp.mean(core_hat, axis=(1, 2))
@@ -335,23 +295,23 @@ class HSCCodec(base.FeatureCodec):
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
-    sizes = [list(features[s].shape[1:3]) for s in self.scales]
-    st, sh, me, core_hat = self.core_model().encode(params["core"], tables["core"],
-                                                    features[self.scales[-1]])
-    streams = {f"core/{k}": v for k, v in st.items()}
-    shapes = {f"core/{k}": tuple(v) for k, v in sh.items()}
-    meta = {f"core/{k}": v for k, v in me.items()}
-    y_f = np.asarray(base.jitted_method(self, "feature_analysis")(params, features))
-    hyper = _prior_host(self.prior_model(), y_f.shape[1], y_f.shape[2])(params["prior"], core_hat)
+    coded = base.Coded()
+    core_hat = coded.add("core", *self.core_model().encode(params["core"], tables["core"],
+                                                           features[self.scales[-1]]))
+    y_f = np.asarray(base.compiled(self, "feature_analysis")(params, features))
+    hyper = self._feature_hyper(params, core_hat, y_f.shape[1], y_f.shape[2])
     t_y = tables_lib.CDFTable.from_dict(tables["feature"]["y"])
     data, _, crc = channel_context.compress(
         self.feature_context_model(), params["feature_context"], t_y,
         np.asarray(tables["feature"]["scale_table"]), y_f, *hyper)
-    streams["feature/y"] = data
-    shapes["feature/y"] = tuple(y_f.shape)
-    meta["feature/crc"] = crc
-    meta["sizes"] = sizes
-    return streams, shapes, meta
+    coded.add("feature", {"y": data}, {"y": tuple(y_f.shape)}, {"crc": crc})
+    coded.metadata["sizes"] = [list(features[s].shape[1:3]) for s in self.scales]
+    return coded.astuple()
+
+  @nn.nowrap
+  def _feature_hyper(self, params, core_hat, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H4) in the deterministic float64 host path: it sets the feature latent's entropy indexes."""
+    return base.compiled(self.prior_model(), "__call__", h, w, host=True)(params["prior"], core_hat)
 
   @nn.nowrap
   def decompress_streams(self, params, tables, streams, shapes, metadata):
@@ -368,41 +328,15 @@ class HSCCodec(base.FeatureCodec):
       if not isinstance(metadata[k], int):
         raise errors.CorruptBitstreamError(f"bitstream metadata {k!r} is not an integer")
     # Level 1: z_c, then y_c through the core channel context.
-    core = self.core_model()
-    t_z = tables_lib.CDFTable.from_dict(tables["core"]["z"])
-    t_y = tables_lib.CDFTable.from_dict(tables["core"]["y"])
-    scale_table = np.asarray(tables["core"]["scale_table"])
-    z_hat = factorized.decompress(t_z, streams["core/z"], want["core/z"])
-    hyper = _hyper_synthesis_host(core)(params["core"], z_hat)
-    core_hat = channel_context.decompress(core.context_model(), params["core"]["context"], t_y,
-                                          scale_table, streams["core/y"], *hyper,
-                                          int(metadata["core/crc"]))
+    core_hat = self.core_model().decode_latents(params["core"], tables["core"],
+                                                *base.part("core", streams, shapes, metadata))
     # Level 2: y_f through the feature channel context, its hyper inputs from the core latent.
     _, hf, wf, _ = want["feature/y"]
-    hyper = _prior_host(self.prior_model(), hf, wf)(params["prior"], core_hat)
+    hyper = self._feature_hyper(params, core_hat, hf, wf)
     t_f = tables_lib.CDFTable.from_dict(tables["feature"]["y"])
     feature_hat = channel_context.decompress(
         self.feature_context_model(), params["feature_context"], t_f,
         np.asarray(tables["feature"]["scale_table"]), streams["feature/y"], *hyper,
         int(metadata["feature/crc"]))
-    out = _synthesize_jit(self, sizes)(params, feature_hat, core_hat)
+    out = base.compiled(self, "synthesize", sizes)(params, feature_hat, core_hat)
     return jax.tree.map(np.asarray, out)
-
-
-@functools.lru_cache(maxsize=64)
-def _hyper_synthesis_host(core: HyperpriorModel) -> determinism.HostFunction:
-  """h_s of the core level in the deterministic float64 host path (as `HyperpriorModel.encode`)."""
-  return determinism.HostFunction(lambda p, z: core.apply(
-      {"params": p}, z, method=HyperpriorModel.hyper_synthesis))
-
-
-@functools.lru_cache(maxsize=64)
-def _prior_host(prior: CorePrior, h: int, w: int) -> determinism.HostFunction:
-  """(H4) in the deterministic float64 host path: it sets the feature latent's entropy indexes."""
-  return determinism.HostFunction(lambda p, c: prior.apply({"params": p}, c, h, w))
-
-
-@functools.lru_cache(maxsize=64)
-def _synthesize_jit(module: HSCCodec, sizes: tuple[tuple[int, int], ...]):
-  return jax.jit(lambda p, f, c: module.apply({"params": p}, f, c, sizes,
-                                              method=HSCCodec.synthesize))

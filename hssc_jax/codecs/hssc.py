@@ -38,20 +38,9 @@ residual block h, then enhanced with semantics from the compact representation:
 and p_hat = conv3x3(t). With `adaptive_reconstruction=False` (ablation) t = h (plain up + conv).
 Both networks run min(`transform_channels`, C_s) channels wide on the grid of scale s.
 
-Port choices the paper's abstract leaves open (the full text was not available): all layer sizes
-and the exact forms of (F1)-(F6) and (R1)-(R4) above; that self-attention is not used at the
-finest grid (cost) and the finest map gets channel attention only; where the compact representation
-lives (`compact_scale`, the coarsest by default: scales finer than it are fused downwards as above,
-coarser ones in a second cascade upwards that joins at the end with (F2)-(F6)); and the coding of
-the compact representation. The paper codes it with a traditional codec after its spatial semantic
-channel reordering (`reorder`); here the learned path codes it with a mean-scale `HyperpriorModel`
-(stream "compact/y|z"; the configs use `stages=0`, so its latent stays on the compact grid, stride
-32 for YOLO P5, rather than a further stride-2 step that starved the fine scales) and the anchor
-path is open through `compact` / `reconstruct` (host), e.g.
-`FeatureAnchor(...).compress({"compact": codec.compact(params, feats)}, ...)`.
+Port decisions: docs/port_notes.md, "HSSC (Zhang et al., IEEE T-Broadcasting 2025)".
 """
 
-import functools
 from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
@@ -61,16 +50,8 @@ import numpy as np
 
 from hssc_jax import errors
 from hssc_jax.codecs import base
-from hssc_jax.codecs.hyperprior import HyperpriorModel
-from hssc_jax.entropy import quantization
-from hssc_jax.layers import ResidualBlock, conv, deconv
-
-
-def _resize_to(x: jax.Array, h: int, w: int) -> jax.Array:
-  """Bilinear resize of NHWC x to (h, w); identity when the size already fits."""
-  if x.shape[1] == h and x.shape[2] == w:
-    return x
-  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear")
+from hssc_jax.codecs.hyperprior import CoderOptions, HyperpriorModel, model_from
+from hssc_jax.layers import ResidualBlock, conv, deconv, resize_to
 
 
 def _pool(x: jax.Array) -> jax.Array:
@@ -92,7 +73,7 @@ class Resample(nn.Module):
     for _ in range(abs(self.steps)):
       layer = conv(self.features, 3, 2) if self.steps > 0 else deconv(self.features, 3, 2)
       x = nn.leaky_relu(layer(x))
-    return _resize_to(x, h, w)
+    return resize_to(x, h, w)
 
 
 class ChannelAttention(nn.Module):
@@ -181,7 +162,7 @@ class AdaptiveEnhancement(nn.Module):
 
   @nn.compact
   def __call__(self, h: jax.Array, compact_hat: jax.Array) -> jax.Array:
-    q = _resize_to(conv(self.features, 1)(compact_hat), h.shape[1], h.shape[2])       # (R1)
+    q = resize_to(conv(self.features, 1)(compact_hat), h.shape[1], h.shape[2])       # (R1)
     s = nn.relu(nn.Dense(max(self.features // self.reduction, 4))(
         jnp.concatenate([_pool(h), _pool(compact_hat)], -1)))
     a = nn.sigmoid(nn.Dense(self.features)(s))[:, None, None, :]                      # (R2)
@@ -190,7 +171,7 @@ class AdaptiveEnhancement(nn.Module):
     return h + a * m * conv(self.features, 3)(z)                                      # (R4)
 
 
-class HSSCCodec(base.FeatureCodec):
+class HSSCCodec(base.FeatureCodec, CoderOptions):
   """SFTNet (semantic-guided cascaded fusion + adaptive reconstruction) around a hyperprior coder
   of the compact representation (see module doc). Streams: "compact/y", "compact/z".
 
@@ -209,34 +190,20 @@ class HSSCCodec(base.FeatureCodec):
   """
 
   codec_id: ClassVar[str] = "hssc"
-  scales: Sequence[str] = ("p3", "p4", "p5")
-  channels: Sequence[int] = (64, 128, 256)
   compact_scale: str = ""
   compact_channels: int = 192
   transform_channels: int = 128
-  latent_channels: int = 128
-  hidden_channels: int = 128
   hyper_channels: int = 64
-  stages: int = 1
-  hyper_stages: int = 2
-  transform: str = "gdn"
-  context_slices: int = 0
-  context_hidden: Sequence[int] = (128, 64)
   inter_scale: bool = True
   adaptive_reconstruction: bool = True
   spatial_attention: bool = True
   attention_channels: int = 32
   attention_pool: int = 2
   reduction: int = 4
-  train_quantization: str = "noise"
 
   @nn.nowrap
   def coder_model(self) -> HyperpriorModel:
-    return HyperpriorModel(out_channels=self.compact_channels, latent_channels=self.latent_channels,
-                           hidden_channels=self.hidden_channels, hyper_channels=self.hyper_channels,
-                           stages=self.stages, hyper_stages=self.hyper_stages,
-                           transform=self.transform, context_slices=self.context_slices,
-                           context_hidden=tuple(self.context_hidden), **self.rate_kwargs())
+    return model_from(self, self.compact_channels)
 
   @property
   def compact_index(self) -> int:
@@ -257,15 +224,9 @@ class HSSCCodec(base.FeatureCodec):
 
   @nn.nowrap
   def _check_config(self) -> None:
-    if not self.scales:
-      raise errors.ConfigError("HSSC needs at least one scale")
-    if len(self.channels) != len(self.scales):
-      raise errors.ConfigError(f"{len(self.channels)} channel counts for scales {self.scales}")
+    self.check_fields()
     if self.compact_scale and self.compact_scale not in self.scales:
       raise errors.ConfigError(f"compact_scale {self.compact_scale!r} is not one of {self.scales}")
-    if self.train_quantization not in quantization.MODES:
-      raise errors.ConfigError(f"train_quantization {self.train_quantization!r} is not one of "
-                               f"{quantization.MODES}")
     for name in ("compact_channels", "transform_channels", "attention_channels", "attention_pool",
                  "reduction"):
       if int(getattr(self, name)) < 1:
@@ -357,7 +318,7 @@ class HSSCCodec(base.FeatureCodec):
     """Host: the compact representation (N, h, w, compact_channels) of a pyramid, for the anchor
     path (channel reordering + tiling + a traditional codec, `anchor.FeatureAnchor`)."""
     feats = base.check_pyramid(features, self.scales)
-    return np.asarray(base.jitted_method(self, "fuse")(params, feats))
+    return np.asarray(base.compiled(self, "fuse")(params, feats))
 
   @nn.nowrap
   def reconstruct(self, params: Any, compact_hat: Any,
@@ -374,7 +335,7 @@ class HSSCCodec(base.FeatureCodec):
     sizes = tuple(tuple(int(v) for v in hw) for hw in sizes)
     if len(sizes) != len(self.scales) or any(len(hw) != 2 or min(hw) < 1 for hw in sizes):
       raise errors.InvalidInputError(f"sizes {sizes} must be one (H, W) per scale {self.scales}")
-    return jax.tree.map(np.asarray, _rebuild_jit(self, sizes)(params, c))
+    return jax.tree.map(np.asarray, base.compiled(self, "rebuild", sizes)(params, c))
 
   @nn.nowrap
   def build_tables(self, params: Any) -> dict[str, Any]:
@@ -382,24 +343,16 @@ class HSSCCodec(base.FeatureCodec):
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
-    c = np.asarray(base.jitted_method(self, "fuse")(params, features))
-    st, sh, me, _ = self.coder_model().encode(params["coder"], tables["compact"], c)
-    meta = {f"compact/{k}": v for k, v in me.items()}
-    meta["sizes"] = [list(features[s].shape[1:3]) for s in self.scales]
-    return ({f"compact/{k}": v for k, v in st.items()},
-            {f"compact/{k}": v for k, v in sh.items()}, meta)
+    c = np.asarray(base.compiled(self, "fuse")(params, features))
+    coded = base.Coded()
+    coded.add("compact", *self.coder_model().encode(params["coder"], tables["compact"], c))
+    coded.metadata["sizes"] = [list(features[s].shape[1:3]) for s in self.scales]
+    return coded.astuple()
 
   @nn.nowrap
   def decompress_streams(self, params, tables, streams, shapes, metadata):
     base.require(metadata, ["sizes"], "metadata")
     sizes = self.coded_sizes(metadata)
-    sub = lambda d: {k.split("/", 1)[1]: v for k, v in d.items() if k.startswith("compact/")}
-    c_hat = self.coder_model().decode(params["coder"], tables["compact"], sub(streams),
-                                      sub(shapes), sub(metadata))
-    out = _rebuild_jit(self, sizes)(params, c_hat)
-    return jax.tree.map(np.asarray, out)
-
-
-@functools.lru_cache(maxsize=64)
-def _rebuild_jit(module: HSSCCodec, sizes: tuple[tuple[int, int], ...]):
-  return jax.jit(lambda p, c: module.apply({"params": p}, c, sizes, method=HSSCCodec.rebuild))
+    c_hat = self.coder_model().decode(params["coder"], tables["compact"],
+                                      *base.part("compact", streams, shapes, metadata))
+    return jax.tree.map(np.asarray, base.compiled(self, "rebuild", sizes)(params, c_hat))

@@ -12,12 +12,10 @@ Minnen and Singh (ICIP 2020) driven by h_s's outputs (`entropy.channel_context`)
 (Balle et al. 2016) or residual blocks. `HyperpriorModel` codes one tensor; `HyperpriorCodec`
 applies one model per scale, which is the "base learned codec" the bit-allocation methods build on.
 
-Port choices: transforms are sized for feature maps (stride-2 stages per scale instead of an image
-codec's four), scales are lower-bounded at 0.11 as CompressAI, and the entropy-parameter path runs in
-float64 on the host at coding time (`entropy.determinism`).
+Port decisions: docs/port_notes.md, "Base codec: mean-scale hyperprior (Minnen et al. 2018)".
 """
 
-import functools
+import dataclasses
 from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
@@ -38,18 +36,25 @@ from hssc_jax.entropy.factorized import EntropyBottleneck
 from hssc_jax.layers import Analysis, HyperAnalysis, HyperSynthesis, Synthesis, pad_to_multiple
 
 
-class HyperpriorModel(nn.Module):
-  """Mean-scale hyperprior over one NHWC tensor of `out_channels` channels."""
+class CoderOptions(nn.Module):
+  """The options of a mean-scale hyperprior, under the names the codecs that build one expose
+  (`model_from`): widths of y, of g_a/g_s and of z, stride-2 stages of g_a and of h_a, the
+  transform ("gdn" or "residual"), and the channel-wise context (slices, hidden widths)."""
 
-  out_channels: int
-  latent_channels: int = 128
-  hidden_channels: int = 128
-  hyper_channels: int = 96
-  stages: int = 1
+  latent_channels: Any = 128
+  hidden_channels: Any = 128
+  hyper_channels: Any = 96
+  stages: Any = 1
   hyper_stages: int = 2
   transform: str = "gdn"
   context_slices: int = 0
   context_hidden: Sequence[int] = (128, 64)
+
+
+class HyperpriorModel(CoderOptions):
+  """Mean-scale hyperprior over one NHWC tensor of `out_channels` channels."""
+
+  out_channels: int = 0
   lrp: bool = True
   qualities: int = 0
   quality: Any = 0
@@ -61,6 +66,8 @@ class HyperpriorModel(nn.Module):
                           lrp=self.lrp)
 
   def setup(self):
+    if int(self.out_channels) < 1:
+      raise errors.ConfigError(f"out_channels must be >= 1, got {self.out_channels}")
     if self.transform not in ("gdn", "residual"):
       raise errors.ConfigError(f"transform must be 'gdn' or 'residual', got {self.transform!r}")
     self.g_a = Analysis(self.hidden_channels, self.latent_channels, self.stages, self.transform)
@@ -131,7 +138,7 @@ class HyperpriorModel(nn.Module):
     t_y = tables_lib.CDFTable.from_dict(tables["y"])
     scale_table = np.asarray(tables["scale_table"])
     z_data, z_hat = factorized.compress(t_z, z)
-    hyper = _host_method(self, "hyper_synthesis", jit)(params, z_hat)
+    hyper = base.compiled(self, "hyper_synthesis", host=True, jit=jit)(params, z_hat)
     if self.context_slices:
       y_data, y_hat, crc = channel_context.compress(
           self.context_model(), params["context"], t_y, scale_table, y, *hyper, jit=jit)
@@ -144,7 +151,7 @@ class HyperpriorModel(nn.Module):
   def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, jit: bool = True
              ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
     """Host: codes one tensor. Returns (streams, shapes, metadata, y_hat as decoded)."""
-    y, z = (np.asarray(a) for a in base.jitted_method(self, "analysis")(params, x))
+    y, z = (np.asarray(a) for a in base.compiled(self, "analysis")(params, x))
     streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit)
     shapes = {"x": x.shape, "y": y.shape, "z": z.shape}
     return streams, shapes, {"crc": crc}, y_hat
@@ -163,7 +170,7 @@ class HyperpriorModel(nn.Module):
     t_y = tables_lib.CDFTable.from_dict(tables["y"])
     scale_table = np.asarray(tables["scale_table"])
     z_hat = factorized.decompress(t_z, streams["z"], z_shape)
-    hyper = _host_method(self, "hyper_synthesis", jit)(params, z_hat)
+    hyper = base.compiled(self, "hyper_synthesis", host=True, jit=jit)(params, z_hat)
     if self.context_slices:
       return channel_context.decompress(self.context_model(), params["context"], t_y, scale_table,
                                         streams["y"], *hyper, int(metadata["crc"]), jit=jit)
@@ -179,7 +186,7 @@ class HyperpriorModel(nn.Module):
     """Host: inverse of `encode`."""
     y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit)
     x_shape = tuple(shapes["x"])
-    x_hat = base.jitted_method(self, "synthesis", (2, 3))(params, y_hat, x_shape[1], x_shape[2])
+    x_hat = base.compiled(self, "synthesis", x_shape[1], x_shape[2])(params, y_hat)
     return np.asarray(x_hat)
 
   @nn.nowrap
@@ -207,72 +214,58 @@ def gain_init(qualities: int, inverse: bool = False):
   return init
 
 
-@functools.lru_cache(maxsize=256)
-def _host_method(module: nn.Module, method: str, jit: bool) -> determinism.HostFunction:
-  fn = getattr(type(module), method)
-  return determinism.HostFunction(
-      lambda params, *args: module.apply({"params": params}, *args, method=fn), jit=jit)
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(CoderOptions) if f.name not in ("parent",
+                                                                                     "name"))
 
 
-def _per_scale(value: Any, scales: Sequence[str], what: str) -> dict[str, Any]:
-  """Broadcasts a scalar or checks a per-scale sequence/dict."""
-  if isinstance(value, Mapping):
-    missing = [s for s in scales if s not in value]
-    if missing:
-      raise errors.ConfigError(f"{what} lacks scales {missing}")
-    return {s: value[s] for s in scales}
-  if isinstance(value, (list, tuple)):
-    if len(value) != len(scales):
-      raise errors.ConfigError(f"{what} has {len(value)} entries for {len(scales)} scales")
-    return dict(zip(scales, value))
-  return {s: value for s in scales}
+def model_from(codec: base.FeatureCodec, out_channels: int, model_class: type = None, **overrides
+               ) -> "HyperpriorModel":
+  """The `HyperpriorModel` (or `model_class`) a codec builds from its fields of the same names
+  (`MODEL_FIELDS` it has, then `overrides`) and its rate options (variable rate)."""
+  kwargs = {f: getattr(codec, f) for f in MODEL_FIELDS if hasattr(codec, f)}
+  kwargs.update(overrides)
+  if "context_hidden" in kwargs:
+    kwargs["context_hidden"] = tuple(kwargs["context_hidden"])
+  return (model_class or HyperpriorModel)(out_channels=out_channels, **kwargs,
+                                          **codec.rate_kwargs())
 
 
-class HyperpriorCodec(base.FeatureCodec):
+class HyperpriorCodec(base.FeatureCodec, CoderOptions):
   """One mean-scale hyperprior per scale (the base learned feature codec).
 
   Streams in the bitstream: "<scale>/y" and "<scale>/z" for each scale.
   """
 
   codec_id: ClassVar[str] = "hyperprior"
-  scales: Sequence[str] = ("p3", "p4", "p5")
-  channels: Sequence[int] = (64, 128, 256)
-  latent_channels: Any = 128
-  hidden_channels: Any = 128
-  hyper_channels: Any = 96
   stages: Any = (2, 1, 1)
-  hyper_stages: int = 2
-  transform: str = "gdn"
-  context_slices: int = 0
-  context_hidden: Sequence[int] = (128, 64)
-  train_quantization: str = "noise"
+
+  model_class: ClassVar[type] = HyperpriorModel
 
   @nn.nowrap
   def scale_model(self, scale: str) -> HyperpriorModel:
-    s = list(self.scales)
-    i = s.index(scale)
-    pick = lambda v, what: _per_scale(v, s, what)[scale]
-    return HyperpriorModel(
-        out_channels=list(self.channels)[i],
-        latent_channels=pick(self.latent_channels, "latent_channels"),
-        hidden_channels=pick(self.hidden_channels, "hidden_channels"),
-        hyper_channels=pick(self.hyper_channels, "hyper_channels"),
-        stages=pick(self.stages, "stages"), hyper_stages=self.hyper_stages,
-        transform=self.transform, context_slices=self.context_slices,
-        context_hidden=tuple(self.context_hidden), **self.rate_kwargs())
+    """The model of one scale (`latent_channels`, `hidden_channels`, `hyper_channels` and `stages`
+    may be given per scale)."""
+    pick = {f: base.per_scale(getattr(self, f), list(self.scales), f)[scale]
+            for f in ("latent_channels", "hidden_channels", "hyper_channels", "stages")}
+    return model_from(self, list(self.channels)[list(self.scales).index(scale)], self.model_class,
+                      **pick)
 
   def setup(self):
-    if len(self.channels) != len(self.scales):
-      raise errors.ConfigError(f"{len(self.channels)} channel counts for scales {self.scales}")
-    quantization.check_mode(self.train_quantization)
+    self.check_fields()
     self.models = {s: self.scale_model(s) for s in self.scales}
 
-  def __call__(self, features: base.Pyramid, training: bool) -> dict[str, Any]:
-    mode = self.train_quantization if training else "round"
+  def code_scales(self, features: base.Pyramid, mode: str, scale_args=None
+                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(features_hat, bits per stream "<scale>/y|z"); `scale_args` {scale: extra arguments of the
+    scale model}."""
     out, bits = {}, {}
     for s in self.scales:
-      out[s], b = self.models[s](features[s], mode)
+      out[s], b = self.models[s](features[s], mode, *(scale_args or {}).get(s, ()))
       bits.update({f"{s}/{k}": v for k, v in b.items()})
+    return out, bits
+
+  def __call__(self, features: base.Pyramid, training: bool) -> dict[str, Any]:
+    out, bits = self.code_scales(features, self.train_quantization if training else "round")
     return {"features_hat": out, "bits": bits}
 
   @nn.nowrap
@@ -280,20 +273,18 @@ class HyperpriorCodec(base.FeatureCodec):
     return {s: self.scale_model(s).build_tables(params[f"models_{s}"]) for s in self.scales}
 
   @nn.nowrap
-  def compress_streams(self, params, tables, features):
-    streams, shapes, meta = {}, {}, {}
+  def compress_streams(self, params, tables, features, scale_args=None):
+    """Streams "<scale>/y|z"; `scale_args` {scale: extra arguments of the scale model's encode}."""
+    coded = base.Coded()
     for s in self.scales:
-      st, sh, me, _ = self.scale_model(s).encode(params[f"models_{s}"], tables[s], features[s])
-      streams.update({f"{s}/{k}": v for k, v in st.items()})
-      shapes.update({f"{s}/{k}": v for k, v in sh.items()})
-      meta.update({f"{s}/{k}": v for k, v in me.items()})
-    return streams, shapes, meta
+      coded.add(s, *self.scale_model(s).encode(params[f"models_{s}"], tables[s], features[s],
+                                               *(scale_args or {}).get(s, ())))
+    return coded.astuple()
 
   @nn.nowrap
-  def decompress_streams(self, params, tables, streams, shapes, metadata):
-    out = {}
-    for s in self.scales:
-      sub = lambda d: {k.split("/", 1)[1]: v for k, v in d.items() if k.startswith(s + "/")}
-      out[s] = self.scale_model(s).decode(params[f"models_{s}"], tables[s], sub(streams),
-                                          sub(shapes), sub(metadata))
-    return out
+  def decompress_streams(self, params, tables, streams, shapes, metadata, scale_args=None):
+    """Inverse of `compress_streams` (the same `scale_args`, for the scale models' decode)."""
+    return {s: self.scale_model(s).decode(params[f"models_{s}"], tables[s],
+                                          *base.part(s, streams, shapes, metadata),
+                                          *(scale_args or {}).get(s, ()))
+            for s in self.scales}

@@ -16,12 +16,9 @@ convolution reduces channels) and *spatial* redundancy through the analysis tran
 hyperprior (`stages` = 0 keeps the latent on the coarsest coded grid, stride 32 for YOLO P5, so the
 fine scales are not starved). MFCNet predicts each large scale from all decoded small scales.
 
-Port choices the paper leaves open: the fusion/unfusion layers, the prediction network (deconv x2 +
-residual blocks per predicted scale, coarse to fine, each conditioned on the next coarser decoded or
-predicted scale and the coarsest decoded scale), and the optional residual stream.
+Port decisions: docs/port_notes.md, "L-MFC (Liu et al., ICASSP 2023)".
 """
 
-import functools
 from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
@@ -31,15 +28,8 @@ import numpy as np
 
 from hssc_jax import errors
 from hssc_jax.codecs import base
-from hssc_jax.codecs.hyperprior import HyperpriorModel
-from hssc_jax.layers import ResidualBlock, conv, deconv
-
-
-def _resize_to(x: jax.Array, h: int, w: int) -> jax.Array:
-  """Nearest/bilinear resize of NHWC x to (h, w) (used when scale ratios are not exactly 2)."""
-  if x.shape[1] == h and x.shape[2] == w:
-    return x
-  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear")
+from hssc_jax.codecs.hyperprior import HyperpriorModel, model_from
+from hssc_jax.layers import ResidualBlock, conv, deconv, resize_to
 
 
 class Predictor(nn.Module):
@@ -55,7 +45,7 @@ class Predictor(nn.Module):
 
   @nn.compact
   def __call__(self, sources: Sequence[jax.Array], h: int, w: int) -> jax.Array:
-    parts = [_resize_to(nn.leaky_relu(deconv(self.hidden, 3, 2)(x)), h, w) for x in sources]
+    parts = [resize_to(nn.leaky_relu(deconv(self.hidden, 3, 2)(x)), h, w) for x in sources]
     x = parts[0] if len(parts) == 1 else conv(self.hidden, 1)(jnp.concatenate(parts, axis=-1))
     for _ in range(self.blocks):
       x = ResidualBlock(self.hidden)(x)
@@ -84,8 +74,6 @@ class LMFCCodec(base.FeatureCodec):
   """
 
   codec_id: ClassVar[str] = "lmfc"
-  scales: Sequence[str] = ("p3", "p4", "p5")
-  channels: Sequence[int] = (64, 128, 256)
   coded_scales: Sequence[str] = ("p4", "p5")
   fused_channels: int = 192
   latent_channels: int = 128
@@ -99,23 +87,17 @@ class LMFCCodec(base.FeatureCodec):
   residual: bool = False
   residual_latent_channels: int = 32
   residual_stages: int = 2
-  train_quantization: str = "noise"
 
   @nn.nowrap
   def bfc_model(self) -> HyperpriorModel:
-    return HyperpriorModel(out_channels=self.fused_channels, latent_channels=self.latent_channels,
-                           hidden_channels=self.hidden_channels, hyper_channels=self.hyper_channels,
-                           stages=self.stages, transform=self.transform,
-                           context_slices=self.context_slices, **self.rate_kwargs())
+    return model_from(self, self.fused_channels)
 
   @nn.nowrap
   def residual_model(self, scale: str) -> HyperpriorModel:
-    c = self.channels[list(self.scales).index(scale)]
-    return HyperpriorModel(out_channels=c, latent_channels=self.residual_latent_channels,
-                           hidden_channels=self.residual_latent_channels,
-                           hyper_channels=max(8, self.residual_latent_channels // 2),
-                           stages=self.residual_stages, transform=self.transform,
-                           **self.rate_kwargs())
+    width = self.residual_latent_channels
+    return model_from(self, self.channels[list(self.scales).index(scale)], latent_channels=width,
+                      hidden_channels=width, hyper_channels=max(8, width // 2),
+                      stages=self.residual_stages, context_slices=0)
 
   @property
   def predicted_scales(self) -> list[str]:
@@ -125,8 +107,7 @@ class LMFCCodec(base.FeatureCodec):
     if not self.coded_scales or any(s not in self.scales for s in self.coded_scales):
       raise errors.ConfigError(f"coded_scales {self.coded_scales} must be a non-empty subset of "
                                f"scales {self.scales}")
-    if len(self.channels) != len(self.scales):
-      raise errors.ConfigError(f"{len(self.channels)} channel counts for scales {self.scales}")
+    self.check_fields()
     order = list(self.scales)
     if sorted(self.coded_scales, key=order.index) != order[-len(self.coded_scales):]:
       raise errors.ConfigError("coded_scales must be the coarsest scales (the last ones in `scales`)")
@@ -148,7 +129,7 @@ class LMFCCodec(base.FeatureCodec):
     h, w = coarsest.shape[1], coarsest.shape[2]
     parts = []
     for s in self.coded_scales:  # finer coded scales come down by learned strided convolutions
-      parts.append(nn.leaky_relu(_resize_to(self.fuse_in[s](features[s]), h, w)))
+      parts.append(nn.leaky_relu(resize_to(self.fuse_in[s](features[s]), h, w)))
     return self.fuse_out(jnp.concatenate(parts, axis=-1))
 
   def split(self, fused_hat: jax.Array, sizes: tuple[tuple[int, int], ...]) -> dict[str, jax.Array]:
@@ -194,61 +175,42 @@ class LMFCCodec(base.FeatureCodec):
         t[f"{s}_residual"] = self.residual_model(s).build_tables(params[f"residuals_{s}"])
     return t
 
-  @nn.nowrap
-  def _decode_side(self, params, fused_hat, coded_sizes, pred_sizes) -> dict[str, np.ndarray]:
-    """The decoder's reconstruction of coded and predicted scales (before any residual)."""
-    out = _reconstruct_jit(self, coded_sizes, pred_sizes)(params, fused_hat)
-    return jax.tree.map(np.asarray, out)
+  def reconstruct(self, fused_hat: jax.Array, coded_sizes: tuple[tuple[int, int], ...],
+                  pred_sizes: tuple[tuple[int, int], ...]) -> dict[str, jax.Array]:
+    """The decoder's coded and predicted scales from the decoded fused tensor (before residuals)."""
+    out = self.split(fused_hat, coded_sizes)
+    out.update(self.predict(out, pred_sizes))
+    return out
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
     coded_sizes = tuple(tuple(features[s].shape[1:3]) for s in self.coded_scales)
     pred_sizes = tuple(tuple(features[s].shape[1:3]) for s in self.predicted_scales)
-    fused = np.asarray(base.jitted_method(self, "fuse")(params, features))
+    fused = np.asarray(base.compiled(self, "fuse")(params, features))
     bfc = self.bfc_model()
-    st, sh, me, y_hat = bfc.encode(params["bfc"], tables["bfc"], fused)
-    streams = {f"bfc/{k}": v for k, v in st.items()}
-    shapes = {f"bfc/{k}": v for k, v in sh.items()}
-    meta = {f"bfc/{k}": v for k, v in me.items()}
-    meta["sizes"] = [list(x) for x in coded_sizes + pred_sizes]
+    coded = base.Coded()
+    y_hat = coded.add("bfc", *bfc.encode(params["bfc"], tables["bfc"], fused))
+    coded.metadata["sizes"] = [list(x) for x in coded_sizes + pred_sizes]
     if self.residual:
-      fused_hat = base.jitted_method(bfc, "synthesis", (2, 3))(params["bfc"], y_hat, *fused.shape[1:3])
-      recon = self._decode_side(params, fused_hat, coded_sizes, pred_sizes)
+      fused_hat = base.compiled(bfc, "synthesis", *fused.shape[1:3])(params["bfc"], y_hat)
+      recon = base.compiled(self, "reconstruct", coded_sizes, pred_sizes)(params, fused_hat)
       for s in self.predicted_scales:
-        r = features[s] - recon[s]
-        st, sh, me, _ = self.residual_model(s).encode(params[f"residuals_{s}"],
-                                                      tables[f"{s}_residual"], r)
-        streams.update({f"{s}_residual/{k}": v for k, v in st.items()})
-        shapes.update({f"{s}_residual/{k}": v for k, v in sh.items()})
-        meta.update({f"{s}_residual/{k}": v for k, v in me.items()})
-    return streams, shapes, meta
+        coded.add(f"{s}_residual", *self.residual_model(s).encode(
+            params[f"residuals_{s}"], tables[f"{s}_residual"], features[s] - np.asarray(recon[s])))
+    return coded.astuple()
 
   @nn.nowrap
   def decompress_streams(self, params, tables, streams, shapes, metadata):
     base.require(metadata, ["sizes"], "metadata")
     sizes = self.coded_sizes(metadata, list(self.coded_scales) + self.predicted_scales)
     n = len(self.coded_scales)
-    coded_sizes = tuple(tuple(v) for v in sizes[:n])
-    pred_sizes = tuple(tuple(v) for v in sizes[n:])
-    sub = lambda d, p: {k.split("/", 1)[1]: v for k, v in d.items() if k.startswith(p + "/")}
-    fused_hat = self.bfc_model().decode(params["bfc"], tables["bfc"], sub(streams, "bfc"),
-                                        sub(shapes, "bfc"), sub(metadata, "bfc"))
-    out = self._decode_side(params, fused_hat, coded_sizes, pred_sizes)
+    fused_hat = self.bfc_model().decode(params["bfc"], tables["bfc"],
+                                        *base.part("bfc", streams, shapes, metadata))
+    out = jax.tree.map(np.asarray, base.compiled(self, "reconstruct", sizes[:n], sizes[n:])(
+        params, fused_hat))
     if self.residual:
       for s in self.predicted_scales:
         p = f"{s}_residual"
         out[s] = out[s] + self.residual_model(s).decode(
-            params[f"residuals_{s}"], tables[p], sub(streams, p), sub(shapes, p), sub(metadata, p))
+            params[f"residuals_{s}"], tables[p], *base.part(p, streams, shapes, metadata))
     return {s: out[s] for s in self.scales}
-
-
-def _reconstruct(module: LMFCCodec, fused_hat, coded_sizes, pred_sizes):
-  out = module.split(fused_hat, coded_sizes)
-  out.update(module.predict(out, pred_sizes))
-  return out
-
-
-@functools.lru_cache(maxsize=64)
-def _reconstruct_jit(module: LMFCCodec, coded_sizes, pred_sizes):
-  return jax.jit(lambda p, fh: module.apply({"params": p}, fh, coded_sizes, pred_sizes,
-                                            method=_reconstruct))

@@ -24,37 +24,7 @@ The base codec is the one of `hyperprior.HyperpriorCodec`: one mean-scale hyperp
 the container metadata holds "allocation", the per-scale gain indexes the encoder chose (8 bits
 each), which the decoder uses and `read_allocation` shows.
 
-Port choices (the paper's full text was not available; equation numbers above are this port's):
-- The paper allocates bits by picking, per scale, the operating point (lambda) of pre-trained base
-  codecs through a rate-to-codec-parameter mapping; here one codec is variable-rate through gain
-  units (Cui et al., "Asymmetric gained deep image compression with continuous rate adaptation",
-  CVPR 2021), one scalar gain per image and scale (M4)-(M5), so the allocation is a per-scale
-  quantization step 1/g_s chosen per image. h_a sees the gained latent, so the hyperprior models y'
-  directly and coding needs no rescaled means or scales; the decoder divides by the same table gain.
-- Gains live on a log-spaced table of `gain_levels` (<= 256, odd so that gain 1 is exact) values in
-  [1/G, G], G = `gain_range`; training uses the table value with a straight-through gradient, so
-  training, evaluation and the bitstream all use the same 8-bit gains: gains, symbols and entropy
-  indexes round-trip exactly, and the decoded features equal the evaluation-mode ones up to the
-  float32 rounding of the float64 host means (as for `HyperpriorCodec`).
-- The authors' released code finds importance weights by an offline search (a weight change is
-  kept when the resulting (bits, task accuracy) point lies above the curve through the codec's
-  operating points), used as targets for MFIP. Here MFIP is learned end to end, without labels:
-  the distortion weights (M6) are the importance under stop-gradient (otherwise MFIP
-  would just move weight to the scale with the smallest error), so MFIP learns through the gains:
-  the rate, the weighted distortion, and the detector-head task term when `loss.task_weight > 0`.
-  beta (`log_gain_offset`) is learned per scale; alpha is `importance_exponent` (fixed).
-- The form of (M2) is this port's: an exponential decay of the task loss towards a floor c (the
-  loss left at high rate), fitted by least squares; (M3) then has a closed form per active set.
-  `allocate` gives per-scale rates; `RateGainModel` maps a scale's rate to its gain (the port's
-  rate -> codec-parameter mapping).
-- Encode-time allocation (the paper's use of (M2)-(M3)): after training, `calibrate` measures, per
-  quality and scale, rate and task loss (object-weighted head distillation) at five gains on
-  training features and fits (M2) and the rate-gain model; they become the codec constants
-  `allocation_models` (in the fingerprint). `compress` then takes MFIP's importance w and the rate
-  its gains would spend as the budget R, solves (M3) for the per-scale rates and sends the gains
-  that give them (`choose_indexes`); without fitted models it sends MFIP's gains (M4).
-- The 8 bits per scale of side information are in the container metadata, not in the rate estimate
-  of `__call__`.
+Port decisions: docs/port_notes.md, "MFIBA (Liu et al., ACM TOMM 2025)".
 """
 
 import dataclasses
@@ -67,11 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from hssc_jax import bitstream
 from hssc_jax import errors
 from hssc_jax.codecs import base
-from hssc_jax.codecs.hyperprior import HyperpriorModel, _per_scale
-from hssc_jax.entropy import quantization
+from hssc_jax.codecs.hyperprior import HyperpriorCodec, HyperpriorModel
 from hssc_jax.layers import conv, pad_to_multiple
 
 
@@ -135,11 +103,12 @@ class GainedHyperpriorModel(HyperpriorModel):
 
   @nn.nowrap
   def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, gain: np.ndarray,
-             jit: bool = True) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any]]:
-    """Host: codes one tensor with gain (1,). Returns (streams, shapes, metadata)."""
-    y, z = (np.asarray(a) for a in base.jitted_method(self, "analysis")(params, x, gain))
-    streams, crc, _ = self.encode_latents(params, tables, y, z, jit)
-    return streams, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc}
+             jit: bool = True
+             ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
+    """Host: codes one tensor with gain (1,). Returns (streams, shapes, metadata, y_hat)."""
+    y, z = (np.asarray(a) for a in base.compiled(self, "analysis")(params, x, gain))
+    streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit)
+    return streams, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc}, y_hat
 
   @nn.nowrap
   def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
@@ -148,24 +117,21 @@ class GainedHyperpriorModel(HyperpriorModel):
     """Host: inverse of `encode` given the inverse gain (1,) from the bitstream."""
     y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit)
     x_shape = tuple(shapes["x"])
-    x_hat = base.jitted_method(self, "synthesis", (3, 4))(params, y_hat, inv_gain, x_shape[1],
-                                                          x_shape[2])
+    x_hat = base.compiled(self, "synthesis", x_shape[1], x_shape[2])(params, y_hat, inv_gain)
     return np.asarray(x_hat)
 
 
 # ---- the codec -----------------------------------------------------------------------------------
 
-class MFIBACodec(base.FeatureCodec):
-  """Base codec (one gained mean-scale hyperprior per scale) + MFIP-driven per-scale gains.
+class MFIBACodec(HyperpriorCodec):
+  """The base codec (`HyperpriorCodec`, gained scale models) + MFIP-driven per-scale gains.
 
-  Attributes beyond scales/channels:
-    latent_channels, hidden_channels, hyper_channels, stages (scalars or one per scale),
-      hyper_stages, transform, context_slices, context_hidden, train_quantization: as
-      `hyperprior.HyperpriorCodec`.
+  Attributes beyond the base codec's:
     mfip_channels: width of the MFIP network (M1).
     gain_range: G, gains in [1/G, G] (M4).
     gain_levels: size of the gain table (<= 256: one byte per scale in the bitstream).
     importance_exponent: alpha in (M4); 0 turns the per-image allocation off (fixed gains).
+    allocation_models: the fitted (M2) and rate-gain models per quality (`calibrate`), or None.
 
   `__call__(features, training)` returns features_hat, bits ("<scale>/y|z"), importance (N, S),
   gains (N, S), gain_indexes (N, S) and distortion_weights {scale: (N,)} (the stop-gradient
@@ -173,17 +139,7 @@ class MFIBACodec(base.FeatureCodec):
   """
 
   codec_id: ClassVar[str] = "mfiba"
-  scales: Sequence[str] = ("p3", "p4", "p5")
-  channels: Sequence[int] = (64, 128, 256)
-  latent_channels: Any = 128
-  hidden_channels: Any = 128
-  hyper_channels: Any = 96
-  stages: Any = (2, 1, 1)
-  hyper_stages: int = 2
-  transform: str = "gdn"
-  context_slices: int = 0
-  context_hidden: Sequence[int] = (128, 64)
-  train_quantization: str = "noise"
+  model_class: ClassVar[type] = GainedHyperpriorModel
   mfip_channels: int = 32
   gain_range: float = 4.0
   gain_levels: int = 255
@@ -191,28 +147,7 @@ class MFIBACodec(base.FeatureCodec):
   allocation_models: Any = None
 
   @nn.nowrap
-  def scale_model(self, scale: str) -> GainedHyperpriorModel:
-    s = list(self.scales)
-    i = s.index(scale)
-    pick = lambda v, what: _per_scale(v, s, what)[scale]
-    return GainedHyperpriorModel(
-        out_channels=list(self.channels)[i],
-        latent_channels=pick(self.latent_channels, "latent_channels"),
-        hidden_channels=pick(self.hidden_channels, "hidden_channels"),
-        hyper_channels=pick(self.hyper_channels, "hyper_channels"),
-        stages=pick(self.stages, "stages"), hyper_stages=self.hyper_stages,
-        transform=self.transform, context_slices=self.context_slices,
-        context_hidden=tuple(self.context_hidden), **self.rate_kwargs())
-
-  @nn.nowrap
   def _check_config(self) -> None:
-    if not self.scales:
-      raise errors.ConfigError("MFIBA needs at least one scale")
-    if len(self.channels) != len(self.scales):
-      raise errors.ConfigError(f"{len(self.channels)} channel counts for scales {self.scales}")
-    if self.train_quantization not in quantization.MODES:
-      raise errors.ConfigError(f"train_quantization {self.train_quantization!r} is not one of "
-                               f"{quantization.MODES}")
     if not float(self.gain_range) > 1.0:
       raise errors.ConfigError(f"gain_range must be > 1, got {self.gain_range}")
     if not 2 <= int(self.gain_levels) <= 256:
@@ -234,7 +169,7 @@ class MFIBACodec(base.FeatureCodec):
 
   def setup(self):
     self._check_config()
-    self.models = {s: self.scale_model(s) for s in self.scales}
+    super().setup()
     self.mfip = MFIP(len(self.scales), self.mfip_channels)
     self.log_gain_offset = self.param("log_gain_offset", nn.initializers.zeros, (len(self.scales),))
 
@@ -262,11 +197,8 @@ class MFIBACodec(base.FeatureCodec):
   def _code_scales(self, features: base.Pyramid, mode: str, gain: jax.Array, inv_gain: jax.Array
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """(M5) for every scale with gains (N, S): (features_hat, bits per stream)."""
-    out, bits = {}, {}
-    for i, s in enumerate(self.scales):
-      out[s], b = self.models[s](features[s], mode, gain[:, i], inv_gain[:, i])
-      bits.update({f"{s}/{k}": v for k, v in b.items()})
-    return out, bits
+    return self.code_scales(features, mode, {s: (gain[:, i], inv_gain[:, i])
+                                             for i, s in enumerate(self.scales)})
 
   def __call__(self, features: base.Pyramid, training: bool) -> dict[str, Any]:
     mode = self.train_quantization if training else "round"
@@ -287,15 +219,11 @@ class MFIBACodec(base.FeatureCodec):
   # ---- host side -------------------------------------------------------------------------------
 
   @nn.nowrap
-  def build_tables(self, params: Any) -> dict[str, Any]:
-    return {s: self.scale_model(s).build_tables(params[f"models_{s}"]) for s in self.scales}
-
-  @nn.nowrap
   def allocation(self, params: Any, features: base.Pyramid) -> dict[str, dict[str, np.ndarray]]:
     """Host: the allocation MFIP chooses, per scale {"importance", "gain", "index"}, each (N,)."""
     feats = base.check_pyramid(features, self.scales)
     importance, idx = (np.asarray(a) for a in
-                       base.jitted_method(self, "allocation_indexes")(params, feats))
+                       base.compiled(self, "allocation_indexes")(params, feats))
     table = self.gains[0]
     return {s: {"importance": importance[:, i], "gain": table[idx[:, i]], "index": idx[:, i]}
             for i, s in enumerate(self.scales)}
@@ -321,15 +249,22 @@ class MFIBACodec(base.FeatureCodec):
                           image_size: Sequence[int], gains: Mapping[str, float]) -> bytes:
     """Host: `compress` with per-scale gains chosen outside the model (e.g. by `allocate` and
     `RateGainModel.gain`) instead of MFIP's; they are rounded to the table and sent as usual."""
-    feats = self.prepare(features)
-    return self.pack(params, tables, feats, image_size,
-                     *self._compress(params, tables, feats, self.gain_indexes(gains)))
+    return self.compress(params, tables, features, image_size, gains=gains)
 
   @nn.nowrap
-  def compress_streams(self, params, tables, features):
-    importance, idx = (np.asarray(a)[0] for a in
-                       base.jitted_method(self, "allocation_indexes")(params, features))
-    return self._compress(params, tables, features, self.choose_indexes(importance, idx))
+  def compress_streams(self, params, tables, features, gains: Mapping[str, float] | None = None):
+    """Streams "<scale>/y|z" at the gains of `choose_indexes` (or at explicit `gains`); metadata
+    "allocation", the gain table index of each scale."""
+    if gains is not None:
+      indexes = self.gain_indexes(gains)
+    else:
+      importance, idx = (np.asarray(a)[0] for a in
+                         base.compiled(self, "allocation_indexes")(params, features))
+      indexes = self.choose_indexes(importance, idx)
+    table = self.gains[0]
+    streams, shapes, meta = super().compress_streams(
+        params, tables, features, {s: (table[i:i + 1],) for i, s in zip(indexes, self.scales)})
+    return streams, shapes, {"allocation": list(indexes), **meta}
 
   @nn.nowrap
   def post_training_constants(self, params: Any, batches: Sequence[base.Pyramid], pixels: float,
@@ -365,18 +300,6 @@ class MFIBACodec(base.FeatureCodec):
     return self.gain_indexes(gains)
 
   @nn.nowrap
-  def _compress(self, params, tables, features, indexes: Sequence[int]):
-    table = self.gains[0]
-    streams, shapes, meta = {}, {}, {"allocation": list(indexes)}
-    for i, s in zip(indexes, self.scales):
-      st, sh, me = self.scale_model(s).encode(params[f"models_{s}"], tables[s], features[s],
-                                              table[i:i + 1])
-      streams.update({f"{s}/{k}": v for k, v in st.items()})
-      shapes.update({f"{s}/{k}": v for k, v in sh.items()})
-      meta.update({f"{s}/{k}": v for k, v in me.items()})
-    return streams, shapes, meta
-
-  @nn.nowrap
   def _allocation_from(self, metadata: Mapping[str, Any]) -> list[int]:
     base.require(metadata, ["allocation"], "metadata")
     a = metadata["allocation"]
@@ -388,14 +311,10 @@ class MFIBACodec(base.FeatureCodec):
 
   @nn.nowrap
   def decompress_streams(self, params, tables, streams, shapes, metadata):
-    indexes = self._allocation_from(metadata)
     inv_table = self.gains[1]
-    out = {}
-    for i, s in zip(indexes, self.scales):
-      sub = lambda d: {k.split("/", 1)[1]: v for k, v in d.items() if k.startswith(s + "/")}
-      out[s] = self.scale_model(s).decode(params[f"models_{s}"], tables[s], sub(streams),
-                                          sub(shapes), sub(metadata), inv_table[i:i + 1])
-    return out
+    return super().decompress_streams(
+        params, tables, streams, shapes, metadata,
+        {s: (inv_table[i:i + 1],) for i, s in zip(self._allocation_from(metadata), self.scales)})
 
   @nn.nowrap
   def read_allocation(self, params: Any, tables: Any, data: bytes) -> dict[str, dict[str, float]]:

@@ -50,19 +50,38 @@ def _ccc(n, sum_a, sum_b, sum_ab, sq_a, sq_b) -> np.ndarray:
   return np.where(den > _EPS, 2.0 * cov / np.maximum(den, _EPS), 1.0)
 
 
+class _PairMoments:
+  """Streaming moments of channel pairs across tile borders: rows a of one tile beside rows b of
+  the next (right column | left column, or bottom row / top row)."""
+
+  def __init__(self, channels: int):
+    c = int(channels)
+    self.n = 0
+    self.s_a, self.s_b, self.ss_a, self.ss_b, self.s_ab = (np.zeros(c), np.zeros(c), np.zeros(c),
+                                                          np.zeros(c), np.zeros((c, c)))
+
+  def update(self, a: np.ndarray, b: np.ndarray) -> None:
+    self.n += a.shape[0]
+    self.s_a += a.sum(0)
+    self.s_b += b.sum(0)
+    self.ss_a += (a * a).sum(0)
+    self.ss_b += (b * b).sum(0)
+    self.s_ab += a.T @ b
+
+  def similarity(self) -> np.ndarray:
+    return _ccc(self.n, self.s_a, self.s_b, self.s_ab, self.ss_a, self.ss_b)
+
+
 class ChannelStats:
   """Streaming moments of one scale's channels (whole maps and tile borders), in float64."""
 
   def __init__(self, channels: int):
     c = int(channels)
     self.channels = c
-    z1, z2 = (lambda: np.zeros(c)), (lambda: np.zeros((c, c)))
     self.n = 0                                      # pixels
-    self.s, self.ss = z1(), z2()                    # whole maps: sum, sum of outer products
-    self.n_h = 0                                    # border rows (right column i | left column j)
-    self.s_r, self.s_l, self.ss_r, self.ss_l, self.s_rl = z1(), z1(), z1(), z1(), z2()
-    self.n_v = 0                                    # border columns (bottom row i / top row j)
-    self.s_b, self.s_t, self.ss_b, self.ss_t, self.s_bt = z1(), z1(), z1(), z1(), z2()
+    self.s, self.ss = np.zeros(c), np.zeros((c, c))  # whole maps: sum, sum of outer products
+    self.horizontal = _PairMoments(c)               # right column of tile i | left column of j
+    self.vertical = _PairMoments(c)                 # bottom row of tile i / top row of tile j
 
   def update(self, x: np.ndarray) -> "ChannelStats":
     """Adds maps of shape (H, W, C) or (N, H, W, C)."""
@@ -74,24 +93,13 @@ class ChannelStats:
           f"channel statistics expect (N, H, W, {self.channels}) maps, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
       raise errors.InvalidInputError("feature maps hold NaN/inf values")
-    flat = x.reshape(-1, self.channels)
+    rows = lambda a: a.reshape(-1, self.channels)
+    flat = rows(x)
     self.n += flat.shape[0]
     self.s += flat.sum(0)
     self.ss += flat.T @ flat
-    r, l = x[:, :, -1, :].reshape(-1, self.channels), x[:, :, 0, :].reshape(-1, self.channels)
-    self.n_h += r.shape[0]
-    self.s_r += r.sum(0)
-    self.s_l += l.sum(0)
-    self.ss_r += (r * r).sum(0)
-    self.ss_l += (l * l).sum(0)
-    self.s_rl += r.T @ l
-    b, t = x[:, -1, :, :].reshape(-1, self.channels), x[:, 0, :, :].reshape(-1, self.channels)
-    self.n_v += b.shape[0]
-    self.s_b += b.sum(0)
-    self.s_t += t.sum(0)
-    self.ss_b += (b * b).sum(0)
-    self.ss_t += (t * t).sum(0)
-    self.s_bt += b.T @ t
+    self.horizontal.update(rows(x[:, :, -1, :]), rows(x[:, :, 0, :]))
+    self.vertical.update(rows(x[:, -1, :, :]), rows(x[:, 0, :, :]))
     return self
 
   def similarities(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,9 +107,7 @@ class ChannelStats:
     if self.n == 0:
       raise errors.InvalidInputError("channel statistics are empty: no maps were added")
     g = _ccc(self.n, self.s, self.s, self.ss, np.diag(self.ss), np.diag(self.ss))
-    l_h = _ccc(self.n_h, self.s_r, self.s_l, self.s_rl, self.ss_r, self.ss_l)
-    l_v = _ccc(self.n_v, self.s_b, self.s_t, self.s_bt, self.ss_b, self.ss_t)
-    return g, l_h, l_v
+    return g, self.horizontal.similarity(), self.vertical.similarity()
 
 
 # --- placement ---------------------------------------------------------------------------------

@@ -116,3 +116,19 @@ def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
   if ph == 0 and pw == 0:
     return x
   return jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+
+
+def resize_to(x: jax.Array, h: int, w: int) -> jax.Array:
+  """Bilinear resize of NHWC x to (h, w); identity when the size already fits (scale ratios that
+  are not exactly 2)."""
+  if x.shape[1] == h and x.shape[2] == w:
+    return x
+  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear")
+
+
+def fit_to(x: jax.Array, h: int, w: int) -> jax.Array:
+  """NHWC x onto an (h, w) grid that shares its top-left corner: a crop when x is at least that
+  large (the padded or ceil-divided grids of the pyramid), else a bilinear resize."""
+  if x.shape[1] >= h and x.shape[2] >= w:
+    return x[:, :h, :w, :]
+  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear")

@@ -36,7 +36,7 @@ def decode_independently(codec, params, tables, data):
   """`codec.decompress` with every `jax.jit` disabled, on fresh copies of `params` and `tables`.
 
   A path that shares nothing with an ordinary decode: no compiled executable is reused (the
-  module-level caches of jitted wrappers, `base.jitted_method`, `hyperprior._host_method`, ...,
+  module-level cache of jitted wrappers, `base.compiled`, and others
   key on module *equality*, so `codec.clone()` would hit the same entries; under
   `jax.disable_jit()` those wrappers run op by op), and memos keyed on the identity of the
   parameters (fingerprints, the float64 copy of `HostFunction`) miss.

@@ -145,7 +145,7 @@ def test_config_errors():
     checks.init(HSCCodec(**{**SMALL, "channels": (16, 32)}), feats)
   with pytest.raises(errors.ConfigError, match="context_slices"):
     checks.init(HSCCodec(**{**SMALL, "context_slices": 0}), feats)
-  with pytest.raises(errors.ConfigError, match="two scales"):
+  with pytest.raises(errors.ConfigError, match="at least 2 scale"):
     HSCCodec(**{**SMALL, "channels": (64,)}, scales=("p5",)).init(
         jax.random.PRNGKey(0), {"p5": feats["p5"]}, False)
   with pytest.raises(errors.ConfigError, match="transform"):
@@ -181,6 +181,7 @@ def test_smoke_config_trains(tmp_path):
   feats = {s: rng.normal(size=(1, 16 >> i, 16 >> i, c)).astype(np.float32)
            for i, (s, c) in enumerate(zip(run["scales"], run["channels"]))}
   out = codec.decompress(params, tables, codec.compress(params, tables, feats, (128, 128)))
-  ev = jax.jit(lambda p, f: codec.apply({"params": p}, f, False))(params, feats)["features_hat"]
+  ev = codec.denormalize(jax.jit(lambda p, f: codec.apply({"params": p}, f, False))(
+      params, codec.normalize(feats))["features_hat"])  # compress normalizes, decompress undoes it
   for s in feats:
     np.testing.assert_allclose(out[s], ev[s], atol=ATOL, rtol=0)
