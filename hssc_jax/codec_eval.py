@@ -26,7 +26,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -36,6 +36,7 @@ import tqdm
 from hssc_jax import bitstream
 from hssc_jax import errors
 from hssc_jax.codecs import anchor as anchor_lib
+from hssc_jax.codecs import coders
 from hssc_jax.codecs import inner
 from hssc_jax.data import pipeline
 from hssc_jax.metrics import coco
@@ -103,40 +104,28 @@ def points_of(config: ml_collections.ConfigDict) -> list[Point]:
   return out
 
 
-class _Coder:
-  """compress/decompress of one image's pyramid for one operating point."""
-
-  def __init__(self, compress: Callable[[dict, tuple], bytes], decompress: Callable[[bytes], dict],
-               allocation: Callable[[bytes], dict] | None = None,
-               stream_bits: Callable[[bytes], dict] | None = None):
-    self.compress, self.decompress = compress, decompress
-    self.allocation = allocation  # bitstream -> what a bit-allocating codec chose for the image
-    self.stream_bits = stream_bits or (lambda data: bitstream.unpack(data).stream_bits)
-
-
-def _learned_coder(point: Point, scales: Sequence[str]) -> _Coder:
-  from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
-  codec, params, tables, run = train_lib.load_codec(point.workdir)
-  if list(run["scales"]) != list(scales):
-    raise errors.ConfigError(f"{point.workdir} codes scales {run['scales']}, the detector "
-                             f"gives {list(scales)}")
-  return _codec_coder(codec, params, tables)
-
-
-def _codec_coder(codec, params, tables) -> _Coder:
-  allocation = None
-  if hasattr(codec, "read_allocation"):
-    allocation = lambda data: codec.read_allocation(params, tables, data)
-  return _Coder(lambda f, size: codec.compress(params, tables, f, size),
-                lambda data: codec.decompress(params, tables, data), allocation,
-                lambda data: codec.unpack(params, tables, data).stream_bits)
-
-
-def _zoo_coder(point: Point, scales: Sequence[str], channels: Sequence[int]) -> _Coder:
-  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
-  model = zoo.load(point.model, point.quality)
-  zoo.check_detector(model, scales, channels)
-  return _codec_coder(model.codec, model.params, model.tables)
+def make_coder(point: Point, config: ml_collections.ConfigDict, detector, det_vars,
+               workdir: Path) -> coders.Coder:
+  """The coder of one operating point (learned codecs checked against the detector's pyramid)."""
+  from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
+  scales = list(detector.feature_names)
+  if point.kind == "learned":
+    from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
+    codec, params, tables, run = train_lib.load_codec(point.workdir)
+    if list(run["scales"]) != scales:
+      raise errors.ConfigError(f"{point.workdir} codes scales {run['scales']}, the detector "
+                               f"gives {scales}")
+    return coders.LearnedCoder(codec, params, tables)
+  if point.kind == "zoo":
+    from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+    model = zoo.load(point.model, point.quality)
+    zoo.check_detector(model, scales, factory.feature_channels(detector, det_vars))
+    return model
+  if point.kind == "feature_anchor":
+    return coders.FeatureAnchorCoder(feature_anchor(config, point.inner, detector, det_vars,
+                                                    workdir), point.qp)
+  from hssc_jax.codecs.image_anchor import ImageAnchor  # pylint: disable=g-import-not-at-top
+  return coders.ImageAnchorCoder(ImageAnchor(inner.get(point.inner)), point.qp)
 
 
 def feature_anchor(config: ml_collections.ConfigDict, codec_name: str, detector, det_vars,
@@ -181,38 +170,50 @@ def _psnr(ref: np.ndarray, mse: float) -> float:
   return 10.0 * math.log10(max(peak, 1e-12) ** 2 / mse)
 
 
-def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.EvalData,
-                   progress: bool = True) -> dict[str, Any]:
-  """Codes every image of `data` at `point`; returns the point's metrics and its detections."""
+class _Timed:
+  """Codes images one by one through a coder: bits, pixels, ms and stream bits per image (the
+  first image is coded once untimed: compilation is not timed)."""
+
+  def __init__(self, coder: coders.Coder):
+    self.coder, self.warm = coder, False
+    self.bits, self.pixels, self.enc, self.dec = [], [], [], []
+    self.stream_bits: dict[str, list[float]] = {}
+
+  def __call__(self, x: Any, size: Sequence[int]) -> tuple[Any, bytes]:
+    if not self.warm:
+      self.coder.decompress(self.coder.compress(x, size))
+      self.warm = True
+    t0 = time.perf_counter()
+    blob = self.coder.compress(x, size)
+    t1 = time.perf_counter()
+    x_hat = self.coder.decompress(blob)
+    self.enc.append(t1 - t0)
+    self.dec.append(time.perf_counter() - t1)
+    self.bits.append(8 * len(blob))
+    self.pixels.append(float(size[0] * size[1]))
+    for k, b in self.coder.stream_bits(blob).items():
+      self.stream_bits.setdefault(k, []).append(b)
+    return x_hat, blob
+
+
+def evaluate_point(point: Point, coder: coders.Coder, detector, det_vars,
+                   data: pipeline.EvalData, progress: bool = True) -> dict[str, Any]:
+  """Codes every image of `data` through `coder`; returns the point's metrics and detections."""
   detect = jax.jit(detector.detect)
   part1 = jax.jit(detector.part1)
   part2 = jax.jit(detector.part2)
   cat_ids = list(detector.coco_category_ids)
-  results, ids_all, bits, pixels_all, enc_t, dec_t = [], [], [], [], [], []
-  stream_bpp: dict[str, list[float]] = {}
-  allocations = []
+  timed = _Timed(coder)
+  results, ids_all, allocations = [], [], []
   mse = {s: [] for s in detector.feature_names}
   psnr = {s: [] for s in detector.feature_names}
-  warm = False
   for batch in tqdm.tqdm(data, total=len(data), disable=not progress, unit="batch",
                          desc=f"{point.method} {point.label}"):
     images, n = list(batch["images"]), len(batch["images"])
     ids = [int(i) for i in batch["ids"]]
-    if point.kind == "image_anchor":
-      decoded = []
-      for img in images:
-        if not warm:
-          coder.decompress(coder.compress(img, point.qp))
-          warm = True
-        t0 = time.perf_counter()
-        blob = coder.compress(img, point.qp)
-        t1 = time.perf_counter()
-        decoded.append(coder.decompress(blob))
-        t2 = time.perf_counter()
-        enc_t.append(t1 - t0)
-        dec_t.append(t2 - t1)
-        bits.append(8 * len(blob))
-        pixels_all.append(float(img.shape[0] * img.shape[1]))
+    sizes = [tuple(int(v) for v in batch["sizes"][i]) for i in range(n)]
+    if coder.input == "image":
+      decoded = [timed(img, size)[0] for img, size in zip(images, sizes)]
       x, meta = detector.preprocess(_pad_batch(decoded, data.batch_size))
       dets = detect(det_vars, x, meta)
     else:
@@ -221,24 +222,10 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
       hats = {s: np.array(a) for s, a in feats.items()}
       for i in range(n):
         f_i = {s: a[i:i + 1] for s, a in feats.items()}
-        size = tuple(int(v) for v in batch["sizes"][i])
-        if not warm:
-          coder.decompress(coder.compress(f_i, size))
-          warm = True
-        t0 = time.perf_counter()
-        blob = coder.compress(f_i, size)
-        t1 = time.perf_counter()
-        f_hat = coder.decompress(blob)
-        t2 = time.perf_counter()
-        enc_t.append(t1 - t0)
-        dec_t.append(t2 - t1)
-        pixels = float(size[0] * size[1])
-        bits.append(8 * len(blob))
-        pixels_all.append(pixels)
-        for k, b in coder.stream_bits(blob).items():
-          stream_bpp.setdefault(k, []).append(b)
-        if getattr(coder, "allocation", None) is not None:  # e.g. MFIBA's per-scale gains
-          allocations.append({"image_id": ids[i], **coder.allocation(blob)})
+        f_hat, blob = timed(f_i, sizes[i])
+        chosen = coder.allocation(blob)
+        if chosen is not None:
+          allocations.append({"image_id": ids[i], **chosen})
         for s in feats:
           h = np.asarray(f_hat[s], np.float32).reshape(f_i[s].shape)
           hats[s][i] = h[0]
@@ -249,20 +236,22 @@ def evaluate_point(point: Point, coder: Any, detector, det_vars, data: pipeline.
     results += coco.detections_to_coco(ids, dets.per_image()[:n], cat_ids)
     ids_all += ids
   metrics = coco.coco_evaluate(data.annotation_path, results, image_ids=ids_all)
+  bits, pixels = np.asarray(timed.bits), np.asarray(timed.pixels)
   out = dict(method=point.method, point=point.label, kind=point.kind, workdir=point.workdir,
              qp=point.qp, inner=point.inner if "anchor" in point.kind else "",
              model=point.model, quality=point.quality,
-             bpp=float(np.sum(bits) / np.sum(pixels_all)),
-             mean_image_bpp=float(np.mean(np.asarray(bits) / np.asarray(pixels_all))),
+             bpp=float(np.sum(bits) / np.sum(pixels)),
+             mean_image_bpp=float(np.mean(bits / pixels)),
              bytes_per_image=float(np.mean(bits)) / 8, mAP=metrics["mAP"], AP50=metrics["AP50"],
-             AP75=metrics["AP75"], encode_ms=1e3 * float(np.mean(enc_t)),
-             decode_ms=1e3 * float(np.mean(dec_t)), num_images=len(ids_all), coco=metrics)
-  if point.kind != "image_anchor":
+             AP75=metrics["AP75"], encode_ms=1e3 * float(np.mean(timed.enc)),
+             decode_ms=1e3 * float(np.mean(timed.dec)), num_images=len(ids_all), coco=metrics)
+  if coder.input != "image":
     for s in mse:
       out[f"mse_{s}"] = float(np.mean(mse[s]))
       out[f"psnr_{s}"] = float(np.mean(psnr[s]))
     out["mse"] = float(np.mean([out[f"mse_{s}"] for s in mse]))
-    out["stream_bpp"] = {k: float(np.sum(v) / np.sum(pixels_all)) for k, v in stream_bpp.items()}
+    out["stream_bpp"] = {k: float(np.sum(v) / np.sum(pixels))
+                         for k, v in timed.stream_bits.items()}
     out["header_bpp"] = out["bpp"] - sum(out["stream_bpp"].values())
   if allocations:
     out["allocations"] = allocations
@@ -296,18 +285,7 @@ def evaluate_codecs(config: ml_collections.ConfigDict, workdir: str | os.PathLik
     if path.exists():
       rows.append(json.loads(path.read_text()))
       continue
-    if p.kind == "learned":
-      coder = _learned_coder(p, detector.feature_names)
-    elif p.kind == "zoo":
-      from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
-      coder = _zoo_coder(p, detector.feature_names, factory.feature_channels(detector, det_vars))
-    elif p.kind == "feature_anchor":
-      fa = feature_anchor(config, p.inner, detector, det_vars, workdir)
-      coder = _Coder(lambda f, size, fa=fa, qp=p.qp: fa.compress(f, size, qp), fa.decompress)
-    else:
-      from hssc_jax.codecs.image_anchor import ImageAnchor  # pylint: disable=g-import-not-at-top
-      ia = ImageAnchor(inner.get(p.inner))
-      coder = _Coder(ia.compress, ia.decompress)
+    coder = make_coder(p, config, detector, det_vars, workdir)
     row = evaluate_point(p, coder, detector, det_vars, data, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1))

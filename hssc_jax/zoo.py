@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from hssc_jax import errors
+from hssc_jax.codecs import coders
 
 ZOO_DIR = Path(__file__).resolve().parent / "assets" / "zoo"
 MAGIC = b"HSJXZOO\0"
@@ -47,26 +48,15 @@ class ZooError(errors.HsscError, ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class ZooModel:
-  """A zoo codec at one quality: the codec module, its parameters and tables, and the file's info."""
+class ZooModel(coders.LearnedCoder):
+  """A zoo codec at one quality: the codec module, its parameters and tables (a `LearnedCoder`:
+  `compress(features, image_size)`, `decompress(data)`), and the file's header `info`."""
 
-  codec: Any
-  params: Any
-  tables: Any
-  info: Mapping[str, Any]
+  info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def quality(self) -> int:
     return int(self.codec.quality)
-
-  def compress(self, features: Mapping[str, Any], image_size: Sequence[int]) -> bytes:
-    return self.codec.compress(self.params, self.tables, features, image_size)
-
-  def decompress(self, data: bytes) -> dict[str, np.ndarray]:
-    return self.codec.decompress(self.params, self.tables, data)
-
-  def fingerprint(self) -> bytes:
-    return self.codec.fingerprint(self.params, self.tables)
 
 
 def path_of(name: str, folder: str | Path | None = None) -> Path:
