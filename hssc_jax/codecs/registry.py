@@ -17,9 +17,21 @@ CODECS: dict[str, type[FeatureCodec] | str] = {
 }
 
 
-def register(name: str, cls: type[FeatureCodec] | str) -> None:
-  """Adds a codec class, or its "module:Class" path (for research extensions)."""
+def register(name: str, cls: type[FeatureCodec] | str | None = None) -> Any:
+  """Adds a codec class, or its "module:Class" path, under `name`; without `cls` a class decorator:
+
+    @registry.register("my_codec")
+    class MyCodec(base.FeatureCodec): ...
+  """
+  if cls is None:
+    def decorate(c: type[FeatureCodec]) -> type[FeatureCodec]:
+      register(name, c)
+      return c
+    return decorate
+  if not name or not isinstance(name, str):
+    raise errors.ConfigError(f"a codec name must be a non-empty string, got {name!r}")
   CODECS[name] = cls
+  return cls
 
 
 def codec_class(name: str) -> type[FeatureCodec]:

@@ -16,6 +16,23 @@ from hssc_jax.codecs.inner.vvc import VVC
 CODECS: dict[str, type[InnerCodec]] = {"hevc": HEVC, "av1": AV1, "vvc": VVC}
 
 
+def register(name: str) -> Any:
+  """Class decorator adding an inner codec under `name` (its `name` class attribute must match,
+  as bitstreams and anchors name their inner codec by it):
+
+    @inner.register("mycodec")
+    @dataclasses.dataclass(frozen=True)
+    class MyCodec(inner.InnerCodec): ...
+  """
+  def decorate(cls: type[InnerCodec]) -> type[InnerCodec]:
+    if not (isinstance(cls, type) and issubclass(cls, InnerCodec)) or cls.name != name:
+      raise errors.ConfigError(f"inner codec {name!r} must be an InnerCodec subclass whose name is "
+                               f"{name!r}")
+    CODECS[name] = cls
+    return cls
+  return decorate
+
+
 def get(name: str, **kwargs: Any) -> InnerCodec:
   """The inner codec `name` ("hevc", "av1", "vvc") with its options."""
   if name not in CODECS:
@@ -33,4 +50,4 @@ def from_config(config: Mapping[str, Any]) -> InnerCodec:
 
 
 __all__ = ["AV1", "CODECS", "HEVC", "InnerCodec", "VVC", "frame_kind", "from_config", "get",
-           "split_grid"]
+           "register", "split_grid"]
