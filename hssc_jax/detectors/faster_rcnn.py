@@ -45,7 +45,7 @@ exactly from one float32 scale.
 
 Classes: torchvision's 91-way layout (0 background, 1..90 COCO category ids, with the ten unused
 ids never trained) maps label l to contiguous class l - 1 and COCO id l; detectron2's 80 classes
-map through `yolov5.COCO80_TO_COCO91`.
+map through `metrics.coco.COCO80_TO_COCO91`.
 
 Parameters: {"backbone": resnet_fpn params, "rpn": {conv, cls_logits, bbox_pred},
 "roi_heads": {fc6, fc7, cls_score, bbox_pred}}, each leaf {kernel (HWIO or (in, out)), bias};
@@ -75,6 +75,7 @@ from hssc_jax.detectors import nms as nms_lib
 from hssc_jax.detectors import resnet_fpn
 from hssc_jax.detectors import roi_align as roi_lib
 from hssc_jax.detectors.base import Detections, ImageMeta
+from hssc_jax.metrics.coco import COCO80_TO_COCO91
 
 ANCHOR_SIZES = (32, 64, 128, 256, 512)  # one size per level P2..P6
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -330,8 +331,7 @@ class FasterRCNN:
   def coco_category_ids(self) -> tuple[int, ...]:
     if self.torchvision:
       return tuple(range(1, 91))  # label l (1..90) -> class l - 1 -> COCO id l
-    from hssc_jax.detectors import yolov5  # pylint: disable=g-import-not-at-top
-    return yolov5.COCO80_TO_COCO91
+    return COCO80_TO_COCO91
 
   def init(self, rng: jax.Array) -> dict[str, Any]:
     """Random params for tests and shape checks, drawn in numpy (a Flax `init` of the backbone

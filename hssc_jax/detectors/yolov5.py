@@ -49,18 +49,13 @@ from hssc_jax.detectors import letterbox as letterbox_lib
 from hssc_jax.detectors import nms as nms_lib
 from hssc_jax.detectors.base import Detections, ImageMeta
 from hssc_jax.detectors.yolov5_layers import C3, SPPF, Conv, upsample2
+from hssc_jax.metrics.coco import COCO80_TO_COCO91
 
 MULTIPLES = {"n": (0.33, 0.25), "s": (0.33, 0.50), "m": (0.67, 0.75), "l": (1.0, 1.0),
              "x": (1.33, 1.25)}  # size -> (depth_multiple, width_multiple)
 ANCHORS_V6 = ((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119),
               (116, 90, 156, 198, 373, 326))  # (w, h) pairs in pixels, per level P3, P4, P5
 STRIDES = (8, 16, 32)
-# The 80 contiguous COCO classes -> COCO category ids (upstream `utils/general.py::coco80_to_coco91_class`).
-COCO80_TO_COCO91 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-                    24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47,
-                    48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70,
-                    72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
-
 
 def channels(c: int, width_multiple: float) -> int:
   """Upstream `make_divisible(c * width_multiple, 8)`."""
