@@ -54,6 +54,11 @@ from hssc_jax.codecs.hyperprior import CoderOptions, HyperpriorModel, model_from
 from hssc_jax.layers import ResidualBlock, conv, deconv, resize_to
 
 
+# The key (in parameter names) of the last step of the upward cascade, the one that joins the
+# coarser scales' stream to the compact scale (only when the compact scale is not the coarsest).
+UPWARD_JOIN = "join"
+
+
 def _pool(x: jax.Array) -> jax.Array:
   """Global average pooling NHWC -> NC."""
   return jnp.mean(x, axis=(1, 2))
@@ -244,8 +249,8 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
         joins[s] = 1 if self.scales.index(s) > self.scales.index(prev) else -1
     lower, upper = self.chains
     if upper:  # the upward cascade joins the compact scale's stream at the end
-      joins["join"] = -1
-    target = lambda s: self.scales[self.compact_index] if s == "join" else s
+      joins[UPWARD_JOIN] = -1
+    target = lambda s: self.scales[self.compact_index] if s == UPWARD_JOIN else s
     self.carry = {s: Resample(w[target(s)], st) for s, st in joins.items()}
     self.carry_intra = {s: IntraScale(self.spatial_attention and target(s) != finest, **att)
                         for s in joins}
@@ -278,8 +283,8 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
     r = self._cascade(lower, features)
     if upper:
       u = self._cascade(upper, features)
-      u = self.carry_intra["join"](self.carry["join"](u, r.shape[1], r.shape[2]))
-      r = self.fusion["join"](u, r)
+      u = self.carry_intra[UPWARD_JOIN](self.carry[UPWARD_JOIN](u, r.shape[1], r.shape[2]))
+      r = self.fusion[UPWARD_JOIN](u, r)
     return self.to_compact(r)
 
   def rebuild(self, compact_hat: jax.Array, sizes: Sequence[tuple[int, int]]

@@ -132,8 +132,9 @@ class LMFCCodec(base.FeatureCodec):
       parts.append(nn.leaky_relu(resize_to(self.fuse_in[s](features[s]), h, w)))
     return self.fuse_out(jnp.concatenate(parts, axis=-1))
 
-  def split(self, fused_hat: jax.Array, sizes: tuple[tuple[int, int], ...]) -> dict[str, jax.Array]:
-    """Decoded fused tensor -> coded scales at their sizes."""
+  def unfuse_coded(self, fused_hat: jax.Array, sizes: tuple[tuple[int, int], ...]
+                   ) -> dict[str, jax.Array]:
+    """Decoded fused tensor -> coded scales at their sizes (the `unfuse` branches)."""
     # Each branch upsamples x2 then resizes to its scale (for the coarsest one, back down).
     return {s: self.unfuse[s]([fused_hat], h, w) for s, (h, w) in zip(self.coded_scales, sizes)}
 
@@ -155,7 +156,7 @@ class LMFCCodec(base.FeatureCodec):
     pred_sizes = tuple(features[s].shape[1:3] for s in self.predicted_scales)
     fused_hat, bits = self.bfc(self.fuse(features), mode)
     bits = {f"bfc/{k}": v for k, v in bits.items()}
-    out = self.split(fused_hat, coded_sizes)
+    out = self.unfuse_coded(fused_hat, coded_sizes)
     pred = self.predict(out, pred_sizes)
     for s, p in pred.items():
       if self.residual:
@@ -178,7 +179,7 @@ class LMFCCodec(base.FeatureCodec):
   def reconstruct(self, fused_hat: jax.Array, coded_sizes: tuple[tuple[int, int], ...],
                   pred_sizes: tuple[tuple[int, int], ...]) -> dict[str, jax.Array]:
     """The decoder's coded and predicted scales from the decoded fused tensor (before residuals)."""
-    out = self.split(fused_hat, coded_sizes)
+    out = self.unfuse_coded(fused_hat, coded_sizes)
     out.update(self.predict(out, pred_sizes))
     return out
 
