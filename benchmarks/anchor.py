@@ -61,13 +61,13 @@ def yolo_features(folders: list[Path], limit: int | None = None):
   Returns None (with the reason) when the port, the weights or the images are missing.
   """
   try:
-    from hssc_jax.detectors import yolov5  # pylint: disable=g-import-not-at-top
+    from hssc_jax.detectors import yolov5_weights  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return None, f"the YOLOv5 port is not importable ({e})"
   weights = SHARED / "weights" / "yolov5n-coco-v6.0.pt"
   if not weights.exists() or not all(f.exists() for f in folders):
     return None, f"shared data missing under {SHARED}"
-  det, variables = yolov5.load(weights)
+  det, variables = yolov5_weights.load(weights)
   out = []
   for folder in folders:
     for name, img in images(folder, limit):

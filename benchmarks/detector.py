@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 from hssc_jax.detectors import yolov5  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hssc_jax.detectors import yolov5_weights  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _machine() -> str:
@@ -59,7 +60,7 @@ def _median_seconds(fn, repeats: int) -> float:
 def _images(n: int, real: bool, seed: int = 0) -> list[np.ndarray]:
   if real:
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    files = sorted((yolov5.default_weights().parents[1] / "data" / "coco-mini" / "val2017")
+    files = sorted((yolov5_weights.default_weights().parents[1] / "data" / "coco-mini" / "val2017")
                    .glob("*.jpg"))
     if files:
       return [np.asarray(Image.open(files[i % len(files)]).convert("RGB")) for i in range(n)]
@@ -111,9 +112,9 @@ def main():
     return
   args.out = args.out or str(REPO / "benchmarks" / "detector.md")
 
-  path = yolov5.default_weights(args.size) if args.weights == "auto" else Path(args.weights)
+  path = yolov5_weights.default_weights(args.size) if args.weights == "auto" else Path(args.weights)
   if args.weights != "random" and path.exists():
-    det, variables = yolov5.load(path, img_size=args.img_size)
+    det, variables = yolov5_weights.load(path, img_size=args.img_size)
     source = f"converted {path.name}"
   else:
     det = yolov5.YOLOv5(size=args.size, img_size=args.img_size)

@@ -9,7 +9,7 @@ Converting an ultralytics `.pt` once and loading the directory afterwards skips 
 
   variables, info = convert.ultralytics.convert("yolov5n.pt")
   checkpoint.save("/ckpt/yolov5n", variables, info)
-  detector, variables = yolov5.load("/ckpt/yolov5n")
+  detector, variables = yolov5_weights.load("/ckpt/yolov5n")
 """
 
 import json

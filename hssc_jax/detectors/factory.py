@@ -72,8 +72,8 @@ def build(cfg: Any) -> tuple[Any, Any]:
       raise errors.ConfigError(f"ShapesNet checkpoint missing: {path}")
     return shapes_net_train.load(path)
   if name == "yolov5":
-    from hssc_jax.detectors import yolov5  # pylint: disable=g-import-not-at-top
-    return yolov5.build_from_config(cfg)
+    from hssc_jax.detectors import yolov5_weights  # pylint: disable=g-import-not-at-top
+    return yolov5_weights.build_from_config(cfg)
   if name == "faster_rcnn":
     from hssc_jax.detectors import faster_rcnn  # pylint: disable=g-import-not-at-top
     return faster_rcnn.build_from_config(cfg)

@@ -22,11 +22,12 @@ part 2 (server)
 
 Sizes n/s/m/l/x differ only by the (depth, width) multiples. For `yolov5n` at 640 the pyramid is
 P3 (N, 80, 80, 64), P4 (N, 40, 40, 128), P5 (N, 20, 20, 256). Parameters come from an ultralytics
-checkpoint through `hssc_jax.detectors.convert.ultralytics` (or random init for tests).
+checkpoint through `hssc_jax.detectors.convert.ultralytics`, loaded by `yolov5_weights` (or random
+init for tests).
 
 Typical use:
 
-  det, variables = yolov5.load("yolov5n-coco-v6.0.pt")   # or a converted orbax directory
+  det, variables = yolov5_weights.load("yolov5n-coco-v6.0.pt")   # or an orbax directory
   batch, meta = det.preprocess([rgb_uint8_image])
   pyramid = det.part1(variables, batch)                   # {"p3", "p4", "p5"} NHWC
   detections = det.part2(variables, pyramid, meta)        # boxes in original-image pixels
@@ -35,8 +36,6 @@ Typical use:
 import dataclasses
 import functools
 import math
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -277,49 +276,3 @@ class YOLOv5:
   def detect(self, variables: Any, batch: jax.Array, meta: ImageMeta) -> Detections:
     """part2(part1(batch))."""
     return self.part2(variables, self.part1(variables, batch), meta)
-
-
-def default_weights(size: str = "n") -> Path:
-  """The shared ultralytics checkpoint of a size: `$HSSC_SHARED` or `../shared` beside the repo."""
-  shared = Path(os.environ.get("HSSC_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-  return shared / "weights" / f"yolov5{size}-coco-v6.0.pt"
-
-
-def load(path: str | os.PathLike, **overrides: Any) -> tuple[YOLOv5, Any]:
-  """(detector, variables) from an ultralytics `.pt` file or a converted orbax directory.
-
-  `overrides` set other `YOLOv5` fields (img_size, NMS settings); size, num_classes, fused and
-  anchors come from the checkpoint.
-  """
-  path = Path(path).expanduser()
-  if path.is_dir():
-    from hssc_jax.detectors import checkpoint  # pylint: disable=g-import-not-at-top
-    variables, info = checkpoint.load(path)
-  else:
-    from hssc_jax.detectors.convert import ultralytics  # pylint: disable=g-import-not-at-top
-    variables, info = ultralytics.convert(path)
-  for key in ("size", "num_classes"):
-    if key in overrides and overrides[key] != info[key]:
-      raise errors.ConfigError(
-          f"{path} holds a YOLOv5{info['size']} with {info['num_classes']} classes, but "
-          f"{key}={overrides[key]!r} was asked for")
-  fields = dict(overrides, size=info["size"], num_classes=info["num_classes"],
-                fused=info["fused"], anchors=tuple(tuple(a) for a in info["anchors"]))
-  return YOLOv5(**fields), variables
-
-
-def build_from_config(cfg: Any) -> tuple[YOLOv5, Any]:
-  """(detector, variables) from `config.detector` (see `detectors.factory`)."""
-  get = lambda k, default=None: cfg[k] if k in cfg and cfg[k] is not None else default
-  kwargs = {k: get(k) for k in ("img_size", "conf_threshold", "iou_threshold", "max_detections",
-                                "num_classes") if get(k) is not None}
-  size = get("size", "n")
-  weights = get("weights", "") or ""
-  if weights == "random":
-    det = YOLOv5(size=size, **kwargs)
-    return det, det.init(jax.random.PRNGKey(0))
-  path = Path(weights).expanduser() if weights else default_weights(size)
-  if not path.exists():
-    raise errors.ConfigError(f"YOLOv5 weights not found: {path} (an ultralytics .pt file or a "
-                             "directory written by hssc_jax.detectors.checkpoint.save)")
-  return load(path, size=size, **kwargs)

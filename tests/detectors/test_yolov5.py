@@ -7,6 +7,7 @@ import pytest
 
 from hssc_jax import errors
 from hssc_jax.detectors import yolov5
+from hssc_jax.detectors import yolov5_weights
 from hssc_jax.detectors.base import ImageMeta
 
 # Parameter counts printed by upstream v6.0 (`Model.info()`), BatchNorm fused / not fused.
@@ -81,18 +82,18 @@ def test_bad_configuration_and_input():
 
 
 def test_build_from_config_random():
-  det, variables = yolov5.build_from_config(
+  det, variables = yolov5_weights.build_from_config(
       {"name": "yolov5", "size": "n", "img_size": 64, "weights": "random"})
   assert det.img_size == 64 and _count(variables["params"]) == UPSTREAM_PARAMS["n"][0]
   with pytest.raises(errors.ConfigError, match="not found"):
-    yolov5.build_from_config({"size": "n", "weights": "/nonexistent/yolo.pt"})
+    yolov5_weights.build_from_config({"size": "n", "weights": "/nonexistent/yolo.pt"})
 
 
 # ---- with the shared ultralytics weights and the upstream reference outputs ----
 
 @pytest.fixture(scope="module")
 def converted(yolov5n_weights):
-  return yolov5.load(yolov5n_weights)
+  return yolov5_weights.load(yolov5n_weights)
 
 
 @pytest.fixture(scope="module")

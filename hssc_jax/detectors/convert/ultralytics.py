@@ -39,6 +39,7 @@ import numpy as np
 from flax import traverse_util
 
 from hssc_jax import errors
+from hssc_jax.detectors import yolov5
 from hssc_jax.detectors.convert import numpy_pickle
 
 # Module classes that may appear in a YOLOv5 v6.0 checkpoint; each becomes a `Module` container.
@@ -266,7 +267,6 @@ def _check_layout(model: Module) -> list[Module]:
 
 
 def _size(model: Module) -> tuple[str, int]:
-  from hssc_jax.detectors import yolov5  # pylint: disable=g-import-not-at-top
   yaml = model.state.get("yaml") or {}
   multiples = (yaml.get("depth_multiple"), yaml.get("width_multiple"))
   sizes = [s for s, m in yolov5.MULTIPLES.items() if m == multiples]
@@ -295,7 +295,6 @@ def convert(path: str | Path, fuse: bool = True) -> tuple[dict[str, Any], dict[s
     info: size, num_classes, fused, anchors (pixels, per level), strides, names,
     depth_multiple, width_multiple, source (file name), sha256).
   """
-  from hssc_jax.detectors import yolov5  # pylint: disable=g-import-not-at-top
   path = Path(path)
   model = _model(load_checkpoint(path))
   layers = _check_layout(model)
