@@ -92,7 +92,8 @@ class HyperpriorModel(CoderOptions):
       return y
     return y * jnp.exp((self.inv_gain if inverse else self.gain)[self.quality]).astype(y.dtype)
 
-  def analysis(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def analyze(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(y, z): y = g_a(x) (times the quality's gain vector) and its side latent z = h_a(y)."""
     y = self.apply_gain(self.g_a(pad_to_multiple(x, self.multiple)))
     return y, self.h_a(y)
 
@@ -104,9 +105,10 @@ class HyperpriorModel(CoderOptions):
   def synthesis(self, y_hat: jax.Array, height: int, width: int) -> jax.Array:
     return self.g_s(self.apply_gain(y_hat, inverse=True))[:, :height, :width, :]
 
-  def entropy(self, y: jax.Array, z: jax.Array, mode: str
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(y_hat, {"y": bits per image, "z": bits per image}) of the analysis outputs (y, z)."""
+  def quantize_and_rate(self, y: jax.Array, z: jax.Array, mode: str
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(y_hat, {"y": bits per image, "z": bits per image}): z through the entropy bottleneck, y
+    through the Gaussian conditional (or the channel context) with h_s(z_hat)'s parameters."""
     z_hat, z_bits = self.entropy_bottleneck(z, mode)
     means, scales = self.hyper_synthesis(z_hat)
     if self.context_slices:
@@ -119,7 +121,7 @@ class HyperpriorModel(CoderOptions):
 
   def __call__(self, x: jax.Array, mode: str) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns (x_hat, {"y": bits per image, "z": bits per image})."""
-    y_hat, bits = self.entropy(*self.analysis(x), mode)
+    y_hat, bits = self.quantize_and_rate(*self.analyze(x), mode)
     return self.synthesis(y_hat, x.shape[1], x.shape[2]), bits
 
   # ---- host side -------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ class HyperpriorModel(CoderOptions):
   def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, jit: bool = True
              ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
     """Host: codes one tensor. Returns (streams, shapes, metadata, y_hat as decoded)."""
-    y, z = (np.asarray(a) for a in base.compiled(self, "analysis")(params, x))
+    y, z = (np.asarray(a) for a in base.compiled(self, "analyze")(params, x))
     streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit)
     shapes = {"x": x.shape, "y": y.shape, "z": z.shape}
     return streams, shapes, {"crc": crc}, y_hat

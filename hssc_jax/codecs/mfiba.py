@@ -87,7 +87,7 @@ class GainedHyperpriorModel(HyperpriorModel):
   `gain` (N,) before h_a and coding, the decoded latent by `inv_gain` (N,) before g_s. Same
   parameters as `HyperpriorModel`."""
 
-  def analysis(self, x: jax.Array, gain: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def analyze(self, x: jax.Array, gain: jax.Array) -> tuple[jax.Array, jax.Array]:
     y = self.apply_gain(self.g_a(pad_to_multiple(x, self.multiple))) * _expand(gain)
     return y, self.h_a(y)
 
@@ -96,7 +96,7 @@ class GainedHyperpriorModel(HyperpriorModel):
 
   def __call__(self, x: jax.Array, mode: str, gain: jax.Array, inv_gain: jax.Array
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    y_hat, bits = self.entropy(*self.analysis(x, gain), mode)
+    y_hat, bits = self.quantize_and_rate(*self.analyze(x, gain), mode)
     return self.synthesis(y_hat, inv_gain, x.shape[1], x.shape[2]), bits
 
   # ---- host side -------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class GainedHyperpriorModel(HyperpriorModel):
              jit: bool = True
              ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
     """Host: codes one tensor with gain (1,). Returns (streams, shapes, metadata, y_hat)."""
-    y, z = (np.asarray(a) for a in base.compiled(self, "analysis")(params, x, gain))
+    y, z = (np.asarray(a) for a in base.compiled(self, "analyze")(params, x, gain))
     streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit)
     return streams, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc}, y_hat
 
