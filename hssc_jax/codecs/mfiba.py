@@ -467,10 +467,8 @@ def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], p
   out = []
   for q in range(max(int(codec.qualities), 1)):
     model = codec.clone(quality=q, allocation_models=None) if codec.qualities else codec
-    fwd = jax.jit(lambda p, f, i, m=model: m.apply({"params": p}, f, i,
-                                                   method=MFIBACodec.forward_with_indexes))
-    alloc = jax.jit(lambda p, f, m=model: m.apply({"params": p}, f,
-                                                  method=MFIBACodec.allocation_indexes))
+    fwd = base.compiled(model, "forward_with_indexes")
+    alloc = base.compiled(model, "allocation_indexes")
     rates = {s: {g: [] for g in grid} for s in codec.scales}
     tasks = {s: {g: [] for g in grid} for s in codec.scales}
     for feats in batches:
