@@ -284,9 +284,9 @@ class FeatureAnchor:
                                       .similarities(), b.cols, self.reorder, self.local_weight)
             for b in layout.bands}
 
-  def compress(self, features: Mapping[str, Any], image_size: Sequence[int], qp: int) -> bytes:
-    """One image's pyramid -> bitstream. `image_size` is the original image's (H, W)."""
-    maps, shapes = _maps(features, self.scales)
+  def encode_maps(self, maps: Mapping[str, np.ndarray], qp: int) -> dict[str, bytes]:
+    """Validated {scale: (H, W, C) float32} -> streams: "frame" (the inner codec's elementary
+    stream) and, for per-image reordering, "perm" (the Lehmer-coded permutations)."""
     layout = self.layout({n: m.shape for n, m in maps.items()})
     codes = {n: quantize(m, self.value_range, self.bit_depth) for n, m in maps.items()}
     perms = self._order(maps, layout)
@@ -298,10 +298,15 @@ class FeatureAnchor:
     if perms and self.reorder_fit == "per_image":
       streams["perm"] = b"".join(reorder_lib.encode_permutation(perms[b.name])
                                  for b in layout.bands)
+    return streams
+
+  def compress(self, features: Mapping[str, Any], image_size: Sequence[int], qp: int) -> bytes:
+    """One image's pyramid -> bitstream. `image_size` is the original image's (H, W)."""
+    maps, shapes = _maps(features, self.scales)
     meta = {"qp": int(qp), "reorder": self.reorder}
     return bitstream.pack(bitstream.Container(
-        self.codec_id, self.fingerprint(), tuple(int(v) for v in image_size), shapes, streams,
-        meta))
+        self.codec_id, self.fingerprint(), tuple(int(v) for v in image_size), shapes,
+        self.encode_maps(maps, qp), meta))
 
   def unpack(self, data: bytes) -> bitstream.Container:
     """The container, checked: format, then codec id and fingerprint (ModelMismatchError)."""
@@ -312,8 +317,6 @@ class FeatureAnchor:
   def decompress(self, data: bytes) -> dict[str, np.ndarray]:
     """Bitstream -> pyramid (float32, the shapes given to `compress`)."""
     c = self.unpack(data)
-    if "frame" not in c.streams:
-      raise errors.CorruptBitstreamError("feature anchor bitstream lacks stream 'frame'")
     qp = c.metadata.get("qp")
     if not isinstance(qp, int) or isinstance(qp, bool):
       raise errors.CorruptBitstreamError("feature anchor bitstream lacks an integer 'qp'")
@@ -326,15 +329,22 @@ class FeatureAnchor:
         raise errors.CorruptBitstreamError(f"shape {s} of scale {n!r} is not HWC or 1HWC")
       hwc[n] = tuple(s[-3:])
     bitstream.check_feature_sizes([s[:2] for s in hwc.values()], [s[2] for s in hwc.values()])
+    return {n: m.reshape(c.shapes[n]) for n, m in self.decode_maps(c.streams, hwc, qp).items()}
+
+  def decode_maps(self, streams: Mapping[str, bytes], hwc: Mapping[str, Sequence[int]], qp: int
+                  ) -> dict[str, np.ndarray]:
+    """Streams of `encode_maps` -> {scale: (H, W, C) float32} for the (checked) shapes `hwc`."""
+    if "frame" not in streams:
+      raise errors.CorruptBitstreamError("feature anchor bitstream lacks stream 'frame'")
     layout = self.layout(hwc)
     dtype = np.uint8 if self.bit_depth == 8 else np.uint16
-    frame = decode_payload(self.codec, c.streams["frame"], layout.frame_shape, dtype, qp)
+    frame = decode_payload(self.codec, streams["frame"], layout.frame_shape, dtype, qp)
     codes = tiling.untile(layout, frame)
     perms: dict[str, np.ndarray] = {}
     if self.reorder != "none" and self.reorder_fit == "fixed":
       perms = self._order({}, layout)
     elif self.reorder != "none":
-      data_p = c.streams.get("perm")
+      data_p = streams.get("perm")
       if data_p is None:
         raise errors.CorruptBitstreamError("bitstream lacks stream 'perm' (per-image reordering)")
       sizes = [reorder_lib.permutation_bytes(b.channels) for b in layout.bands]
@@ -345,9 +355,5 @@ class FeatureAnchor:
       for b, n in zip(layout.bands, sizes):
         perms[b.name] = reorder_lib.decode_permutation(data_p[pos:pos + n], b.channels)
         pos += n
-    out = {}
-    for n, q in codes.items():
-      if n in perms:
-        q = reorder_lib.undo(q, perms[n])
-      out[n] = dequantize(q, self.value_range, self.bit_depth).reshape(c.shapes[n])
-    return out
+    return {n: dequantize(reorder_lib.undo(q, perms[n]) if n in perms else q, self.value_range,
+                          self.bit_depth) for n, q in codes.items()}

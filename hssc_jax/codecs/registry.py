@@ -12,6 +12,7 @@ CODECS: dict[str, type[FeatureCodec] | str] = {
     "hyperprior": "hssc_jax.codecs.hyperprior:HyperpriorCodec",
     "lmfc": "hssc_jax.codecs.lmfc:LMFCCodec",
     "hssc": "hssc_jax.codecs.hssc:HSSCCodec",
+    "hssc_paper": "hssc_jax.codecs.hssc_paper:HSSCPaperCodec",
     "hsc": "hssc_jax.codecs.hsc:HSCCodec",
     "mfiba": "hssc_jax.codecs.mfiba:MFIBACodec",
 }

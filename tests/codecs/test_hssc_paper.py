@@ -1,0 +1,164 @@
+"""HSSC in its paper form: SFTNet + 10-bit quantisation + reordering + tiling + real HEVC."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import hssc_paper as hssc_paper_config
+from hssc_jax import bitstream
+from hssc_jax import errors
+from hssc_jax.codecs import anchor as anchor_lib
+from hssc_jax.codecs import inner
+from hssc_jax.codecs import registry
+from hssc_jax.codecs import reorder as reorder_lib
+from hssc_jax.codecs import tiling
+from hssc_jax.codecs.hssc_paper import HSSCPaperCodec, fit_constants, measure_proxy
+
+_spec = importlib.util.spec_from_file_location("codec_checks", Path(__file__).with_name("codec_checks.py"))
+checks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(checks)
+
+SMALL = dict(compact_channels=32, transform_channels=16, attention_channels=8, qualities=3,
+             qps=(45, 34, 22))
+
+
+def build(**kw):
+  return registry.build_codec("hssc_paper", dict(SMALL, **kw), ("p3", "p4", "p5"), (16, 32, 64))
+
+
+@pytest.fixture(scope="module")
+def model():
+  codec = build()
+  feats = checks.pyramid()
+  variables = checks.init(codec, feats)
+  params = variables["params"]
+  consts = fit_constants(codec, params, codec.compacts(params, [checks.pyramid(seed=s)
+                                                                for s in range(1, 4)]))
+  return build(**consts), params, feats, consts
+
+
+def test_forward_gives_the_proxy_rate_and_rebuilds_every_scale(model):
+  codec, params, feats, _ = model
+  out = checks.check_forward(codec, {"params": params}, feats)
+  assert set(out["bits"]) == {"compact/frame"}
+  # The proxy rate falls with the QP's noise level (quality 0 = the highest QP).
+  rates = [float(checks.check_forward(codec.clone(quality=q), {"params": params}, feats)["bits"]
+                 ["compact/frame"][0]) for q in range(3)]
+  assert rates[0] < rates[1] < rates[2]
+
+
+def test_fitted_constants_are_a_range_and_a_permutation(model):
+  codec, params, feats, consts = model
+  lo, hi = consts["compact_range"]
+  assert 0.0 < lo < hi < 1.0  # (V1): the compact representation is a sigmoid
+  assert sorted(consts["permutation"]) == list(range(32))
+
+
+def _decode_by_hand(codec, params, data, sizes):
+  """Container -> HEVC frame -> untile -> undo the order -> dequantize -> SFTNet rebuild, written
+  out here with the inner codec and tiling directly (not through `decompress`)."""
+  c = codec.unpack(params, codec.build_tables(params), data)
+  shape = c.shapes["compact"]
+  layout = tiling.make_layout({"compact": tuple(shape[1:])})
+  frame = inner.HEVC().decode(c.streams["compact/frame"], layout.frame_shape, np.uint16,
+                              qp=codec.qp())
+  codes = reorder_lib.undo(tiling.untile(layout, frame)["compact"], np.asarray(codec.permutation))
+  compact = anchor_lib.dequantize(codes, codec.compact_range, 10)
+  return compact, codec.reconstruct(params, compact[None], sizes)
+
+
+@pytest.mark.parametrize("header", ["full", "compact"])
+def test_round_trip_through_real_hevc(model, header):
+  codec, params, feats, consts = model
+  codec = codec.clone(header=header)
+  lengths = {}
+  compact = codec.compact(params, feats)[0]
+  for q in range(3):
+    coder = codec.clone(quality=q)
+    tables = coder.build_tables(params)
+    data = coder.compress(params, tables, feats, (320, 320))
+    decoded = coder.decompress(params, tables, data)
+    by_hand, rebuilt = _decode_by_hand(coder, params, data,
+                                       [f.shape[1:3] for f in feats.values()])
+    for s in feats:
+      assert decoded[s].shape == feats[s].shape
+      np.testing.assert_allclose(decoded[s], rebuilt[s], atol=1e-5, err_msg=s)
+    lengths[q] = len(data)
+    lo, hi = consts["compact_range"]
+    err = np.sqrt(np.mean(np.square((by_hand - compact) * 1023 / (hi - lo))))  # in codes
+    if q == 2:  # QP 22: close to the 10-bit codes
+      assert err < 12, err
+  assert lengths[0] < lengths[1] < lengths[2]
+
+
+def test_per_image_order_travels_and_a_lying_permutation_is_refused(model):
+  codec, params, feats, consts = model
+  codec = codec.clone(reorder_fit="per_image", permutation=None, quality=2)
+  tables = codec.build_tables(params)
+  data = codec.compress(params, tables, feats, (320, 320))
+  c = bitstream.unpack(data)
+  assert set(c.streams) == {"compact/frame", "compact/perm"}
+  assert codec.decompress(params, tables, data)["p3"].shape == feats["p3"].shape
+  # A valid checksum over a permutation rank out of range (not a permutation).
+  bad = dataclasses.replace(c, streams=dict(c.streams, **{
+      "compact/perm": b"\xff" * len(c.streams["compact/perm"])}))
+  with pytest.raises(errors.CorruptBitstreamError, match="permutation"):
+    codec.decompress(params, tables, bitstream.pack(bad))
+
+
+def test_bad_inputs_and_frames_that_disagree_with_the_model(model):
+  codec, params, feats, consts = model
+  codec = codec.clone(header="full", quality=1)
+  tables = codec.build_tables(params)
+  data = codec.compress(params, tables, feats, (320, 320))
+  checks.check_bad_input(codec, params, tables, data, feats)
+  c = bitstream.unpack(data)
+  # A compact shape (tile layout) other than the one the model writes for these feature sizes.
+  lying = dataclasses.replace(c, shapes={"compact": (1, 5, 5, 32)})
+  with pytest.raises(errors.CorruptBitstreamError, match="shapes"):
+    codec.decompress(params, tables, bitstream.pack(lying))
+  # A frame of another size behind an honest header: the inner decoder's frame is refused.
+  big = inner.HEVC().encode(np.zeros((48, 64), np.uint16), 30)
+  swapped = dataclasses.replace(c, streams={"compact/frame": big})
+  with pytest.raises(errors.CorruptBitstreamError):
+    codec.decompress(params, tables, bitstream.pack(swapped))
+  garbage = dataclasses.replace(c, streams={"compact/frame": b"\x00\x00\x01" + bytes(40)})
+  with pytest.raises(errors.CorruptBitstreamError):
+    codec.decompress(params, tables, bitstream.pack(garbage))
+
+
+def test_bad_configs_are_refused(model):
+  _, _, feats, consts = model
+  cases = [dict(qps=(40, 30)),                                   # one QP per quality
+           dict(qps=(40, 30, 99)),                               # QP out of HEVC's range
+           dict(inner="nonexistent"),
+           dict(reorder="sideways"),
+           dict(permutation=(0,) * 32, compact_range=(0.0, 1.0)),  # not a permutation
+           dict(compact_range=(1.0, 0.0), permutation=tuple(consts["permutation"]))]
+  for kw in cases:
+    with pytest.raises(errors.ConfigError):
+      checks.init(build(**kw), feats)
+  codec = build()  # fixed order not fitted yet: trains, but cannot code
+  params = checks.init(codec, feats)["params"]
+  with pytest.raises(errors.ConfigError, match="permutation"):
+    codec.compress(params, {}, feats, (320, 320))
+
+
+def test_measure_proxy_reports_the_real_codec_error(model):
+  codec, params, feats, _ = model
+  rows = measure_proxy(codec, params, [codec.compact(params, feats)[0]])
+  assert [r["qp"] for r in rows] == [45, 34, 22]
+  stds = [r["codec_std"] for r in rows]
+  assert stds[0] > stds[1] > stds[2] > 0
+  assert rows[0]["bits_per_sample"] < rows[2]["bits_per_sample"]
+
+
+def test_config_trains_one_sftnet_for_the_qp_sweep():
+  config = hssc_paper_config.get_config("smoke")
+  assert len(config.loss.lmbdas) == len(config.codec.kwargs.qps) == len(hssc_paper_config.QPS)
+  assert config.codec.name == "hssc_paper"
+  assert hssc_paper_config.get_config("per_image,reorder=none").codec.kwargs.reorder_fit == "per_image"
