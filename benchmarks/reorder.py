@@ -2,6 +2,11 @@
 
   python benchmarks/reorder.py [--qps 22 27 32 37 42] [--local_weight 1.0] [--limit N]
                                [--out benchmarks/reorder.md]
+  python benchmarks/reorder.py --compact hssc_paper --qps 47 37 27 --out benchmarks/reorder_compact.md
+
+With `--compact <zoo model>` the tiled maps are that HSSC paper-form model's compact
+representation (`hssc_jax.codecs.hssc_paper`: SFTNet of the normalized pyramid, one (h, w, C) map
+per image) instead of the raw pyramid, with the model's fitted 10-bit range.
 
 Features: YOLOv5n P3-P5 of `shared/data/coco-mini/val2017` through the Flax port
 (`hssc_jax.detectors.yolov5`: `preprocess` + `part1`); the 10-bit range, and the fixed channel
@@ -35,20 +40,37 @@ from hssc_jax.codecs import anchor as anchor_lib  # pylint: disable=g-import-not
 from hssc_jax.codecs import FeatureAnchor  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def compact_maps(name: str, val: list, train: list) -> tuple[list, list, tuple[float, float]]:
+  """The pyramids of `val` and `train` replaced by zoo model `name`'s compact representations."""
+  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+  model = zoo.load(name)
+  codec, params = model.codec, model.params
+  as_compact = lambda items: [(n, img, {"compact": codec.compact(params, codec.prepare(f))[0]})
+                              for n, img, f in items]
+  return as_compact(val), as_compact(train), tuple(codec.compact_range)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--qps", nargs="+", type=int, default=[22, 27, 32, 37, 42])
   p.add_argument("--local_weight", type=float, default=1.0)
   p.add_argument("--limit", type=int, default=None, help="images per folder (default: all)")
   p.add_argument("--out", default=str(REPO / "benchmarks" / "reorder.md"))
+  p.add_argument("--compact", default="", help="an HSSC paper-form zoo model: tile its compact "
+                 "representation instead of the pyramid")
   args = p.parse_args()
 
   val, why = yolo_features([SHARED / "data" / "coco-mini" / "val2017"], args.limit)
   if val is None:
     sys.exit(f"reorder benchmark needs real YOLOv5n features: {why}")
   train, _ = yolo_features([SHARED / "data" / "coco-mini" / "train2017"], args.limit)
+  what = "real YOLOv5n P3-P5 (Flax port)"
+  if args.compact:
+    val, train, value_range = compact_maps(args.compact, val, train)
+    what = f"the compact representation of zoo model {args.compact!r} (SFTNet of YOLOv5n P3-P5)"
   train_feats = [f for _, _, f in train]
-  value_range = anchor_lib.fit_range(train_feats)
+  if not args.compact:
+    value_range = anchor_lib.fit_range(train_feats)
   anchors = {"none": FeatureAnchor(value_range)}
   fit_s = {}
   for mode in ("global", "global+local"):
@@ -90,10 +112,10 @@ def main():
       print(rows[-1], flush=True)
 
   lines = [
-      "## HSSC channel reordering: bits at equal QP (HEVC feature anchor, YOLOv5n)", "",
+      f"## HSSC channel reordering: bits at equal QP (HEVC, {what.split(' (')[0]})", "",
       f"Machine: {machine()}. Command: `python benchmarks/{Path(__file__).name} "
       f"{' '.join(sys.argv[1:])}`.", "",
-      f"Features: real YOLOv5n P3-P5 (Flax port) of {len(val)} coco-mini val2017 images; range "
+      f"Maps: {what} of {len(val)} coco-mini val2017 images; range "
       f"({value_range[0]:.5f}, {value_range[1]:.5f}) and fixed orders fitted on {len(train)} "
       f"coco-mini train2017 images (fit time: "
       + ", ".join(f"{k} {v:.1f} s" for k, v in fit_s.items()) + f"); local weight "

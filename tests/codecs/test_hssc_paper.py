@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import jax
@@ -162,3 +163,24 @@ def test_config_trains_one_sftnet_for_the_qp_sweep():
   assert len(config.loss.lmbdas) == len(config.codec.kwargs.qps) == len(hssc_paper_config.QPS)
   assert config.codec.name == "hssc_paper"
   assert hssc_paper_config.get_config("per_image,reorder=none").codec.kwargs.reorder_fit == "per_image"
+
+
+def test_smoke_training_fits_the_constants_and_the_zoo_model_codes(tmp_path):
+  from hssc_jax import train_lib, zoo  # pylint: disable=g-import-not-at-top
+  config = hssc_paper_config.get_config("smoke")
+  with config.unlocked():
+    config.progress = False
+    config.steps = 2
+  train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  constants = json.loads((tmp_path / "run" / train_lib.CONSTANTS_FILE).read_text())
+  assert sorted(constants["permutation"]) == list(range(8))
+  zoo.export(tmp_path / "run", "paper", tmp_path / "zoo")
+  model = zoo.load("paper", 0, tmp_path / "zoo")
+  assert model.codec.qp() == hssc_paper_config.QPS[0]
+  assert list(model.codec.compact_range) == constants["compact_range"]
+  rng = np.random.default_rng(0)
+  feats = {s: rng.normal(size=(1, 16 >> i, 16 >> i, c)).astype(np.float32)
+           for i, (s, c) in enumerate(zip(model.info["scales"], model.info["channels"]))}
+  data = model.compress(feats, (128, 128))
+  assert bitstream.is_compact(data)
+  assert model.decompress(data)["p5"].shape == feats["p5"].shape
