@@ -3,7 +3,10 @@
 Learned codecs, one file per paper (Flax modules; `registry.build_codec` builds them by name):
   hyperprior   HyperpriorCodec: a mean-scale hyperprior per scale (the base codec)
   lmfc         LMFCCodec: L-MFC (Liu et al., ICASSP 2023)
-  hssc         HSSCCodec: HSSC's SFTNet (Zhang et al., IEEE Trans. Broadcasting 2025)
+  hssc         HSSCCodec: HSSC's SFTNet (Zhang et al., IEEE Trans. Broadcasting 2025) with a
+               learned hyperprior coding its compact representation
+  hssc_paper   HSSCPaperCodec: HSSC as its paper runs it, SFTNet's compact representation
+               quantised to 10 bits, reordered, tiled and coded by HEVC/VVC
   hsc          HSCCodec: HSC (Li et al., 2025)
   mfiba        MFIBACodec: MFIBA (Liu et al., 2025)
 
@@ -32,6 +35,7 @@ from hssc_jax.codecs.inner import VVC
 from hssc_jax.codecs.base import FeatureCodec
 from hssc_jax.codecs.hsc import HSCCodec
 from hssc_jax.codecs.hssc import HSSCCodec
+from hssc_jax.codecs.hssc_paper import HSSCPaperCodec
 from hssc_jax.codecs.hyperprior import HyperpriorCodec
 from hssc_jax.codecs.lmfc import LMFCCodec
 from hssc_jax.codecs.mfiba import MFIBACodec
