@@ -126,6 +126,11 @@ def main():
   for r in rows:
     lines.append(f"| {r['qp']} | {r['name']} | {r['bpp']:.5f} | {r['change']:+.2f}% | "
                  f"{r['frame_bpp']:.5f} | {r['mse']:.2f} | {r['enc_ms']:.0f} |")
+  if args.compact:  # the training proxy's noise (P1 of hssc_paper) beside the real error above
+    from hssc_jax.codecs import hssc_paper  # pylint: disable=g-import-not-at-top
+    lines += ["", "Training proxy (hssc_paper, P1): noise variance s(QP)^2 in codes^2 "
+              + ", ".join(f"QP {qp}: {hssc_paper.default_noise(qp) ** 2:.1f}" for qp in args.qps)
+              + " (the MSE column is the real codec's error at that QP on these held-out images)."]
   Path(args.out).write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 

@@ -2,7 +2,7 @@
 # Trains (or resumes) the variable-rate model of every method in the background, then exports each
 # finished one into the zoo (hssc_jax/assets/zoo/<method>.hsz). Logs: $RUNS/<method>.log.
 #
-#   scripts/train_zoo.sh                       # all five methods, 2 at a time, 1600 steps each
+#   scripts/train_zoo.sh                       # every method, 2 at a time, 1600 steps each
 #   METHODS="base lmfc" STEPS=3000 PARALLEL=1 scripts/train_zoo.sh
 #
 # Rerunning it resumes every unfinished run from its last orbax checkpoint (the same batches as an
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs/zoo_train}
 STEPS=${STEPS:-1600}
 PARALLEL=${PARALLEL:-2}
-METHODS=${METHODS:-"base lmfc hssc hsc mfiba"}
+METHODS=${METHODS:-"base lmfc hssc hsc mfiba hssc_paper"}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$RUNS"
 train_one() {
