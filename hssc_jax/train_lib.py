@@ -254,10 +254,13 @@ ZOO_PREFIX = "zoo:"  # init_from="zoo:<name>": warm start from a shipped zoo mod
 
 
 def read_warm_start(init_from: str) -> tuple[dict[str, Any], Any] | None:
-  """(zoo header, float32 parameters) when `init_from` names a zoo model ("zoo:base"), else None
-  (a workdir, restored by `checkpoints.restore_params`)."""
-  if not init_from.startswith(ZOO_PREFIX):
+  """(header with the source's "codec_kwargs", float32 parameters) of a warm start: a zoo model
+  ("zoo:base") or a training workdir (its latest parameters, any codec); None when empty."""
+  if not init_from:
     return None
+  if not init_from.startswith(ZOO_PREFIX):
+    _, params, _, run = load_codec(init_from)
+    return {"codec_kwargs": run["codec_kwargs"]}, jax.device_get(params)
   name = init_from[len(ZOO_PREFIX):]
   if name not in zoo.names():
     raise errors.ConfigError(f"init_from {init_from!r}: no zoo model {name!r}; the zoo has "
@@ -336,13 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = restored
   elif config.get("init_from", ""):
     # Warm start (e.g. a new lambda sweep): the parameters of another run, a fresh optimizer.
-    if warm is not None:
-      init, copied, total = overlay_params(state["params"], warm[1])
-      print(f"initialised {copied} of {total} parameter arrays from {config.init_from}")
-    else:
-      abstract = jax.eval_shape(lambda: state["params"])
-      init, init_step = checkpoints.restore_params(config.init_from, abstract)
-      print(f"initialised from {config.init_from} step {init_step}")
+    init, copied, total = overlay_params(state["params"], warm[1])
+    print(f"initialised {copied} of {total} parameter arrays from {config.init_from}")
     state = jax.device_put({"step": state["step"], "params": init, "opt_state": tx.init(init)},
                            replicated)
   start = int(state["step"])

@@ -184,3 +184,28 @@ def test_smoke_training_fits_the_constants_and_the_zoo_model_codes(tmp_path):
   data = model.compress(feats, (128, 128))
   assert bitstream.is_compact(data)
   assert model.decompress(data)["p5"].shape == feats["p5"].shape
+
+
+def test_warm_start_from_a_learned_hssc_workdir_copies_sftnet(tmp_path):
+  """`init_from=<workdir>` of another codec: the parameters of the same name and shape (SFTNet)
+  are copied, the source's coder is not, and the source's feature normalisation comes along."""
+  from configs import hssc as hssc_config  # pylint: disable=g-import-not-at-top
+  from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
+  config = hssc_config.get_config("smoke")
+  with config.unlocked():
+    config.progress = False
+    config.steps = 1
+  train_lib.train_and_evaluate(config, str(tmp_path / "hssc"))
+  info, source = train_lib.read_warm_start(str(tmp_path / "hssc"))
+  assert info["codec_kwargs"]["feature_norm"]
+  kwargs = dict(hssc_paper_config.get_config("smoke").codec.kwargs)
+  codec = registry.build_codec("hssc_paper", kwargs, ("p3", "p4", "p5"), (16, 32, 64))
+  fresh = checks.init(codec, checks.pyramid(channels=(16, 32, 64)))["params"]
+  with pytest.raises(errors.ConfigError, match="shape"):  # widths of another detector's pyramid
+    train_lib.overlay_params(fresh, source)
+  run = train_lib.load_codec(tmp_path / "hssc")[3]
+  codec = registry.build_codec("hssc_paper", kwargs, run["scales"], run["channels"])
+  fresh = checks.init(codec, checks.pyramid(channels=run["channels"]))["params"]
+  params, copied, total = train_lib.overlay_params(fresh, source)
+  assert "coder" in source and "coder" not in params and copied == total
+  np.testing.assert_array_equal(params["to_compact"]["kernel"], source["to_compact"]["kernel"])
