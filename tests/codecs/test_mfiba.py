@@ -294,4 +294,6 @@ def test_warm_start_from_base_codec_codes_as_it():
     train_lib.overlay_params(params, {"other": np.zeros(3)})
   with pytest.raises(errors.ConfigError, match="no zoo model 'nope'"):
     train_lib.read_warm_start("zoo:nope")
-  assert train_lib.read_warm_start("runs/some_workdir") is None
+  assert train_lib.read_warm_start("") is None
+  with pytest.raises(errors.ConfigError, match="not a training workdir"):
+    train_lib.read_warm_start("runs/some_workdir")
