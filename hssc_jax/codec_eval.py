@@ -55,6 +55,7 @@ class Point:
   inner: str = "hevc"
   model: str = ""  # zoo model name (kind "zoo")
   quality: int = 0
+  folder: str = ""  # zoo folder (kind "zoo"; "" = the shipped zoo)
 
 
 def _slug(s: str) -> str:
@@ -69,7 +70,7 @@ def points_of(config: ml_collections.ConfigDict) -> list[Point]:
     name, kind = m.get("name"), m.get("kind")
     if not name or kind not in KINDS:
       raise errors.ConfigError(f"methods[{i}] needs a name and a kind in {KINDS}, got {m}")
-    unknown = set(m) - {"name", "kind", "workdirs", "qps", "inner", "model", "qualities"}
+    unknown = set(m) - {"name", "kind", "workdirs", "qps", "inner", "model", "qualities", "folder"}
     if unknown:
       raise errors.ConfigError(f"methods[{i}] ({name}) has unknown keys {sorted(unknown)}")
     if kind == "learned":
@@ -83,14 +84,15 @@ def points_of(config: ml_collections.ConfigDict) -> list[Point]:
       out += [Point(name, kind, Path(w).name, workdir=str(w)) for w in workdirs]
     elif kind == "zoo":
       from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
-      model = m.get("model") or name
-      if model not in zoo.names():
+      model, folder = m.get("model") or name, m.get("folder") or ""
+      if model not in zoo.names(folder or None):
         raise errors.ConfigError(f"methods[{i}] ({name}): no zoo model {model!r}; the zoo has "
-                                 f"{zoo.names()}")
+                                 f"{zoo.names(folder or None)}")
       qualities = [int(q) for q in (m.get("qualities") or [])]
       if not qualities:
         raise errors.ConfigError(f"methods[{i}] ({name}) lists no qualities")
-      out += [Point(name, kind, f"q{q}", model=model, quality=q) for q in qualities]
+      out += [Point(name, kind, f"q{q}", model=model, quality=q, folder=folder)
+              for q in qualities]
     else:
       qps = [int(q) for q in (m.get("qps") or [])]
       if not qps:
@@ -118,7 +120,7 @@ def make_coder(point: Point, config: ml_collections.ConfigDict, detector, det_va
     return coders.LearnedCoder(codec, params, tables)
   if point.kind == "zoo":
     from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
-    model = zoo.load(point.model, point.quality)
+    model = zoo.load(point.model, point.quality, point.folder or None)
     zoo.check_detector(model, scales, factory.feature_channels(detector, det_vars))
     return model
   if point.kind == "feature_anchor":

@@ -283,3 +283,16 @@ def test_zoo_export_load_code_and_bad_files(smoke_zoo):
   (bad / "tiny.hsz").write_bytes(blob[:10] + struct.pack(">I", len(raw)) + raw + blob[14 + n:])
   with pytest.raises(zoo.ZooError, match="fingerprint"):
     zoo.load("tiny", 0, bad)
+
+
+def test_zoo_points_from_another_folder(smoke_zoo):
+  """configs/eval/zoo.py:folder=... evaluates models exported elsewhere (e.g. ablations)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from hssc_jax import codec_eval  # pylint: disable=g-import-not-at-top
+  root, _ = smoke_zoo
+  method = dict(name="tiny", kind="zoo", model="tiny", folder=str(root / "zoo"), qualities=[0, 1])
+  points = codec_eval.points_of(ml_collections.ConfigDict({"methods": [method]}))
+  assert [(p.label, p.folder) for p in points] == [("q0", str(root / "zoo")),
+                                                   ("q1", str(root / "zoo"))]
+  with pytest.raises(errors.ConfigError, match="no zoo model 'tiny'"):
+    codec_eval.points_of(ml_collections.ConfigDict({"methods": [dict(method, folder="")]}))

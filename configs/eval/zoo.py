@@ -11,7 +11,8 @@ anchor and the HEVC image anchor, each image through a real bitstream.
 Arguments: models ("+"-separated zoo names; default all), max_images, split, root (a COCO-format
 folder other than coco-mini, e.g. images the project has never seen), image_anchor, anchors
 (false: the zoo models only, e.g. to compute their points in a side workdir), qualities
-("+"-separated; default every quality of each model).
+("+"-separated; default every quality of each model), folder (a zoo folder other than the
+shipped one, e.g. ablation models exported with `zoo.export(workdir, name, folder)`).
 Writes results.csv, results.json, results.md, rd.png and the BD-rate table against the feature
 anchor; finished points are kept (a rerun resumes).
 """
@@ -20,7 +21,7 @@ from configs.eval import codecs as codecs_config
 from configs.eval import detector as detector_config
 
 _DEFAULTS = dict(models="", max_images=0, split="val2017", root="", image_anchor=True,
-                 anchors=True, qualities="")
+                 anchors=True, qualities="", folder="")
 
 
 def get_config(arg=None):
@@ -28,16 +29,17 @@ def get_config(arg=None):
   arg = detector_config.parse_arg(arg, **_DEFAULTS)
   config = codecs_config.get_config(
       f"max_images={arg.max_images},split={arg.split},image_anchor={arg.image_anchor},runs=/nonexistent")
-  names = [n for n in arg.models.split("+") if n] or zoo.names()
+  folder = arg.folder or None
+  names = [n for n in arg.models.split("+") if n] or zoo.names(folder)
   with config.unlocked():
     if arg.root:
       config.data.root = arg.root
     methods = [m for m in config.methods if m["kind"] != "learned" and arg.anchors]
     for name in names:
-      info = zoo.read_info(zoo.path_of(name))
+      info = zoo.read_info(zoo.path_of(name, folder))
       every = range(max(int(info["codec_kwargs"].get("qualities", 0)), 1))
       chosen = [int(q) for q in arg.qualities.split("+") if q] or list(every)
-      methods.append(dict(name=name, kind="zoo", model=name,
+      methods.append(dict(name=name, kind="zoo", model=name, folder=arg.folder,
                           qualities=[q for q in chosen if q in every]))
     config.methods = methods
     if not arg.anchors and methods:
