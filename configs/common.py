@@ -91,6 +91,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.keep_checkpoints = 3
   c.seed = 0
   c.init_from = ""  # warm start (new optimizer): a workdir's latest parameters, or "zoo:<name>"
+  c.init_skip_mismatched = False  # warm start: leave arrays whose shape differs at their init
   c.distributed = False
   c.progress = True
 

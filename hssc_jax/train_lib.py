@@ -268,19 +268,21 @@ def read_warm_start(init_from: str) -> tuple[dict[str, Any], Any] | None:
   return zoo.read(zoo.path_of(name))
 
 
-def overlay_params(params: Any, source: Any) -> tuple[Any, int, int]:
+def overlay_params(params: Any, source: Any, skip_mismatched: bool = False
+                   ) -> tuple[Any, int, int]:
   """`params` with every array that `source` holds at the same path and shape replaced by it
   (e.g. MFIBA started from the base codec, whose per-scale models it shares). Returns (params,
-  arrays copied, arrays in all); ConfigError when nothing matches or a shared path differs in shape.
+  arrays copied, arrays in all); ConfigError when nothing matches or, unless `skip_mismatched`
+  (an ablation started from the full model), a shared path differs in shape.
   """
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
   src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source))
   clash = [k for k in flat if k in src and np.shape(src[k]) != np.shape(flat[k])]
-  if clash:
+  if clash and not skip_mismatched:
     raise errors.ConfigError(
         "warm start: parameters of the same name differ in shape, e.g. "
         f"{'/'.join(clash[0])} {np.shape(src[clash[0]])} vs {np.shape(flat[clash[0]])}")
-  copied = [k for k in flat if k in src]
+  copied = [k for k in flat if k in src and k not in clash]
   if not copied:
     raise errors.ConfigError("warm start: the source shares no parameter with this codec")
   for k in copied:
@@ -339,7 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = restored
   elif config.get("init_from", ""):
     # Warm start (e.g. a new lambda sweep): the parameters of another run, a fresh optimizer.
-    init, copied, total = overlay_params(state["params"], warm[1])
+    init, copied, total = overlay_params(state["params"], warm[1],
+                                         bool(config.get("init_skip_mismatched", False)))
     print(f"initialised {copied} of {total} parameter arrays from {config.init_from}")
     state = jax.device_put({"step": state["step"], "params": init, "opt_state": tx.init(init)},
                            replicated)

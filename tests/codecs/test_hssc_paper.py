@@ -203,6 +203,9 @@ def test_warm_start_from_a_learned_hssc_workdir_copies_sftnet(tmp_path):
   fresh = checks.init(codec, checks.pyramid(channels=(16, 32, 64)))["params"]
   with pytest.raises(errors.ConfigError, match="shape"):  # widths of another detector's pyramid
     train_lib.overlay_params(fresh, source)
+  # An ablation started from the full model keeps its own init where shapes differ.
+  _, copied, total = train_lib.overlay_params(fresh, source, skip_mismatched=True)
+  assert 0 < copied < total
   run = train_lib.load_codec(tmp_path / "hssc")[3]
   codec = registry.build_codec("hssc_paper", kwargs, run["scales"], run["channels"])
   fresh = checks.init(codec, checks.pyramid(channels=run["channels"]))["params"]
