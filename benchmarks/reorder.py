@@ -126,6 +126,14 @@ def main():
   for r in rows:
     lines.append(f"| {r['qp']} | {r['name']} | {r['bpp']:.5f} | {r['change']:+.2f}% | "
                  f"{r['frame_bpp']:.5f} | {r['mse']:.2f} | {r['enc_ms']:.0f} |")
+  if len(args.qps) >= 4:  # BD-rate over the QPs, quality = PSNR of the decoded 10-bit codes
+    from hssc_jax.metrics import rd  # pylint: disable=g-import-not-at-top
+    curve = lambda name: (np.array([r["bpp"] for r in rows if r["name"] == name]),
+                          np.array([10 * np.log10(1023 ** 2 / r["mse"]) for r in rows
+                                    if r["name"] == name]))
+    lines += ["", "BD-rate against no reordering (quality: PSNR of the decoded 10-bit codes): "
+              + ", ".join(f"{name} {rd.bd_metrics(curve('none'), curve(name))['bd_rate']:+.2f}%"
+                          for name in anchors if name != "none") + "."]
   if args.compact:  # the training proxy's noise (P1 of hssc_paper) beside the real error above
     from hssc_jax.codecs import hssc_paper  # pylint: disable=g-import-not-at-top
     lines += ["", "Training proxy (hssc_paper, P1): noise variance s(QP)^2 in codes^2 "
