@@ -31,6 +31,8 @@ MODELS = {
     "hssc": dict(compact_channels=8, transform_channels=8, attention_channels=4, **_KW),
     "hsc": dict(core_channels=8, context_slices=2, context_hidden=(8,), **_KW),
     "mfiba": dict(mfip_channels=4, **_KW),
+    "hssc_paper": dict(compact_channels=8, transform_channels=8, attention_channels=4, qps=(30,),
+                       compact_range=(0.05, 0.95), permutation=(3, 7, 0, 5, 1, 6, 2, 4)),
 }
 IMAGE_SIZE = (90, 120)
 

@@ -47,7 +47,7 @@ def test_committed_bitstreams_decode_to_committed_outputs(case):
 
 def test_the_set_covers_every_codec_container_and_the_current_versions():
   learned = {(c["model"], c["header"]) for c in CASES if c["kind"] == "learned"}
-  builtin = ("hyperprior", "lmfc", "hssc", "hsc", "mfiba")
+  builtin = ("hyperprior", "lmfc", "hssc", "hsc", "mfiba", "hssc_paper")
   assert set(builtin) <= set(registry.CODECS)
   assert learned == {(m, h) for m in builtin for h in ("full", "compact")}
   assert {c["kind"] for c in CASES} == {"learned", "feature_anchor", "image_anchor"}
