@@ -64,6 +64,14 @@ def _pool(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=(1, 2))
 
 
+def _channel_gate(sources: Sequence[jax.Array], out: int, hidden: int, reduction: int) -> jax.Array:
+  """sigmoid(MLP(GAP of `sources`, concatenated)) as an N11C gate. Call it from a compact method:
+  its two Dense layers are named in the caller's scope (Dense_i, Dense_i+1)."""
+  pooled = jnp.concatenate([_pool(x) for x in sources], -1)
+  s = nn.relu(nn.Dense(max(hidden // reduction, 4))(pooled))
+  return nn.sigmoid(nn.Dense(out)(s))[:, None, None, :]
+
+
 class Resample(nn.Module):
   """`steps` stride-2 convs (> 0: down), transposed convs (< 0: up) or one conv (0), LeakyReLU,
   then a bilinear fit to (h, w) when the scale ratio is not exactly a power of two."""
@@ -89,8 +97,7 @@ class ChannelAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
-    s = nn.relu(nn.Dense(max(c // self.reduction, 4))(_pool(x)))
-    return x * nn.sigmoid(nn.Dense(c)(s))[:, None, None, :]
+    return x * _channel_gate([x], c, c, self.reduction)
 
 
 class SpatialAttention(nn.Module):
@@ -147,9 +154,7 @@ class InterScale(nn.Module):
     if self.correlation:
       unit = lambda x: x * jax.lax.rsqrt(jnp.sum(jnp.square(x), -1, keepdims=True) + 1e-6)
       rho = jnp.sum(unit(d) * unit(e), -1, keepdims=True)                               # (F2)
-      s = nn.relu(nn.Dense(max(self.features // self.reduction, 4))(
-          jnp.concatenate([_pool(d), _pool(e)], -1)))
-      a = nn.sigmoid(nn.Dense(d.shape[-1])(s))[:, None, None, :]                       # (F3)
+      a = _channel_gate([d, e], d.shape[-1], self.features, self.reduction)             # (F3)
       g = nn.sigmoid(conv(d.shape[-1], 3)(jnp.concatenate([d, e, rho], -1)))           # (F4)
       d = a * g * d                                                                    # (F5)
       if self.cross_attention:
@@ -168,9 +173,7 @@ class AdaptiveEnhancement(nn.Module):
   @nn.compact
   def __call__(self, h: jax.Array, compact_hat: jax.Array) -> jax.Array:
     q = resize_to(conv(self.features, 1)(compact_hat), h.shape[1], h.shape[2])       # (R1)
-    s = nn.relu(nn.Dense(max(self.features // self.reduction, 4))(
-        jnp.concatenate([_pool(h), _pool(compact_hat)], -1)))
-    a = nn.sigmoid(nn.Dense(self.features)(s))[:, None, None, :]                      # (R2)
+    a = _channel_gate([h, compact_hat], self.features, self.features, self.reduction)   # (R2)
     z = nn.leaky_relu(conv(self.features, 3)(jnp.concatenate([h, q], -1)))
     m = nn.sigmoid(conv(self.features, 1)(z))                                         # (R3)
     return h + a * m * conv(self.features, 3)(z)                                      # (R4)
