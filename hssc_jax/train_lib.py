@@ -23,10 +23,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hssc_jax import errors
@@ -38,8 +36,11 @@ from hssc_jax.training import feature_cache
 from hssc_jax.training import loss as loss_lib
 from hssc_jax.training import summary
 
+# Importable with JAX, flax, optax and orbax alone (scripts/gpu_sweep.py on an accelerator): configs
+# are read by attribute, tf.data and tqdm are imported where used.
 
-def make_optimizer(cfg: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
+
+def make_optimizer(cfg: Any, steps: int) -> optax.GradientTransformation:
   """Adam with warmup + cosine (or constant) schedule and global-norm clipping."""
   warmup = max(min(int(cfg.warmup_steps), steps - 1), 1)
   if cfg.schedule == "cosine":  # decay_steps counts the warmup and must exceed it
@@ -54,7 +55,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps: int) -> optax.Gradient
                      optax.adam(lr, b1=cfg.b1, b2=cfg.b2))
 
 
-def codec_kwargs(config: ml_collections.ConfigDict, feature_norm: Any = None) -> dict[str, Any]:
+def codec_kwargs(config: Any, feature_norm: Any = None) -> dict[str, Any]:
   """The codec's keyword arguments: the config's, plus the fitted normalization and the number of
   qualities of a variable-rate run (one per lambda of `loss.lmbdas`)."""
   kwargs = config.codec.kwargs.to_dict()
@@ -66,13 +67,13 @@ def codec_kwargs(config: ml_collections.ConfigDict, feature_norm: Any = None) ->
   return kwargs
 
 
-def lambdas_of(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+def lambdas_of(config: Any) -> tuple[float, ...]:
   """`loss.lmbdas` (variable rate: quality q trains with lmbdas[q]) or the single `loss.lmbda`."""
   lmbdas = tuple(float(v) for v in (config.loss.get("lmbdas") or ()))
   return lmbdas or (float(config.loss.lmbda),)
 
 
-def _identity(config: ml_collections.ConfigDict, kwargs, scales, channels, detector_identity
+def _identity(config: Any, kwargs, scales, channels, detector_identity
               ) -> dict[str, Any]:
   ident = {"codec": config.codec.name, "codec_kwargs": kwargs, "scales": list(scales),
            "channels": list(channels), "detector": detector_identity,
@@ -82,7 +83,7 @@ def _identity(config: ml_collections.ConfigDict, kwargs, scales, channels, detec
   return ident
 
 
-def build_codec_for(config: ml_collections.ConfigDict, detector, feature_norm: Any = None) -> Any:
+def build_codec_for(config: Any, detector, feature_norm: Any = None) -> Any:
   channels = factory.feature_channels(detector)
   return registry.build_codec(config.codec.name, codec_kwargs(config, feature_norm),
                               detector.feature_names, channels)
@@ -168,7 +169,7 @@ def make_eval_step(codec, part1=None):
   return eval_step
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def _check_config(config: Any) -> None:
   n = jax.device_count() // jax.process_count()
   if config.data.batch_size % max(n, 1):
     raise errors.ConfigError(
@@ -293,7 +294,7 @@ def overlay_params(params: Any, source: Any, skip_mismatched: bool = False
 CONSTANTS_FILE = "constants.json"  # codec fields fitted after training (e.g. MFIBA's allocation)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains the configured codec in `workdir` (resuming if it holds a run); returns last metrics."""
   if config.get("distributed", False):
     jax.distributed.initialize()
@@ -375,6 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_fn = jax.jit(make_eval_step(codec, part1))
   writer = summary.Writer(workdir, enabled=jax.process_index() == 0)
   metrics_host: dict[str, float] = {}
+  import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm.tqdm(total=steps, initial=start, desc=config.codec.name, unit="step",
                   disable=jax.process_index() != 0 or not config.get("progress", True))
   t_last, n_last = time.time(), start

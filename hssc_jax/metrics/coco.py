@@ -22,8 +22,6 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from hssc_jax.errors import InvalidInputError
 
@@ -46,8 +44,11 @@ def _quiet(verbose: bool):
     yield
 
 
-def load_ground_truth(gt: "str | os.PathLike | COCO", verbose: bool = False) -> COCO:
+def load_ground_truth(gt: Any, verbose: bool = False) -> Any:
   """A pycocotools `COCO` from a json path (or the object itself)."""
+  # pycocotools is imported where it is used: the category map above serves the detectors on
+  # machines without it (e.g. scripts/gpu_sweep.py on an accelerator).
+  from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
   if isinstance(gt, COCO):
     return gt
   with _quiet(verbose):
@@ -145,6 +146,8 @@ def coco_evaluate(gt: "str | os.PathLike | COCO", results: Sequence[Mapping[str,
     if int(r["image_id"]) in keep:
       dets.append(dict(image_id=int(r["image_id"]), category_id=int(r["category_id"]),
                        bbox=[float(v) for v in r["bbox"]], score=float(r["score"])))
+  from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
+  from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
   with _quiet(verbose):
     if dets:
       coco_dt = coco_gt.loadRes(copy.deepcopy(dets))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
-import tqdm
 
 from hssc_jax import bitstream
 
@@ -58,6 +57,7 @@ def build(folder: str | Path, batches: Iterator[Mapping[str, np.ndarray]], num_b
   folder.mkdir(parents=True, exist_ok=True)
   writers: dict[str, np.ndarray] = {}
   row = 0
+  import tqdm  # pylint: disable=g-import-not-at-top
   for _ in tqdm.trange(num_batches, desc="caching features", unit="batch"):
     batch = next(batches)
     feats = {s: np.asarray(v) for s, v in part1(batch["image"]).items()}
