@@ -1,0 +1,152 @@
+"""scripts/gpu_sweep.py: the bundle's image coding, the on-device augmentation, file splitting,
+bad bundles, and a training path that imports none of the host-only packages (TensorFlow ...)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("gpu_sweep", REPO / "scripts" / "gpu_sweep.py")
+gpu_sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_sweep)
+
+# What the GPU machines lack (they have JAX, flax, optax, orbax and their dependencies).
+HOST_ONLY = ("tensorflow", "tensorflow_datasets", "tensorflow_compression", "ml_collections",
+             "av", "tqdm", "PIL", "matplotlib", "pycocotools", "bjontegaard", "torch")
+BLOCKER = textwrap.dedent(f"""
+    import importlib.abc, sys
+    class _Block(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {HOST_ONLY!r}:
+          raise ImportError("not on the GPU machine: " + name)
+    sys.meta_path.insert(0, _Block())
+    """)
+
+
+def _photo(h, w, seed=0):
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:h, 0:w]
+  smooth = 60 + np.stack([yy * 120 / h, xx * 120 / w, (yy + xx) * 60 / (h + w)], -1)
+  return np.clip(smooth + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("h,w", [(48, 64), (37, 51)])
+def test_packed_image_keeps_luma_and_averages_chroma(h, w):
+  rgb = _photo(h, w)
+  out = gpu_sweep.unpack_image(gpu_sweep.pack_image(rgb), h, w)
+  assert out.shape == (h, w, 3) and out.dtype == np.uint8
+  luma = lambda x: gpu_sweep._rgb_to_ycbcr(x)[..., 0]
+  # Y survives but for roundings (of Y, and of RGB after the chroma change; no clipping here)
+  assert np.abs(luma(out) - luma(rgb)).max() <= 2.0
+  err = np.abs(out.astype(float) - rgb).mean()
+  assert 0 < err < 12  # chroma subsampling loses detail, never the picture
+  flat = np.full((h, w, 3), (30, 140, 220), np.uint8)
+  back = gpu_sweep.unpack_image(gpu_sweep.pack_image(flat), h, w)
+  assert np.abs(back.astype(int) - flat).max() <= 1
+
+
+def test_damaged_or_mismatched_packed_image_is_refused():
+  blob = gpu_sweep.pack_image(_photo(16, 16))
+  with pytest.raises(gpu_sweep.BundleError, match="damaged"):
+    gpu_sweep.unpack_image(blob[:-5], 16, 16)
+  with pytest.raises(gpu_sweep.BundleError, match="samples"):
+    gpu_sweep.unpack_image(blob, 16, 18)
+
+
+def test_crops_at_scale_one_are_slices_of_the_canvas():
+  canvas = _photo(64, 64, seed=3)[None]
+  crops = gpu_sweep.make_crops(size=24, batch=4, scale_range=(1.0, 1.0), hflip=False)
+  out = np.asarray(jax.jit(crops)(canvas, jax.random.PRNGKey(0)))
+  for crop in np.round(out * 255).astype(np.uint8):
+    hits = [(y, x) for y in range(41) for x in range(41)
+            if np.array_equal(canvas[0, y:y + 24, x:x + 24], crop)]
+    assert hits, "a crop at scale 1 is no slice of the canvas"
+
+
+def test_scaled_down_canvas_is_padded_gray_and_flips():
+  canvas = np.full((1, 64, 64, 3), 200, np.uint8)
+  crops = gpu_sweep.make_crops(size=64, batch=2, scale_range=(0.5, 0.5), hflip=False)
+  out = np.round(np.asarray(crops(canvas, jax.random.PRNGKey(1))) * 255)
+  assert np.all(out[:, 32, 32] == 200)  # the content, scaled to the canvas centre
+  assert np.all(out[:, 0, 0] == 114) and np.all(out[:, 63, 63] == 114)  # letterbox gray
+  ramp = np.repeat(np.repeat(np.arange(64, dtype=np.uint8)[None, None, :, None] * 3, 64, 1), 3, 3)
+  flipped = gpu_sweep.make_crops(size=64, batch=8, scale_range=(1.0, 1.0), hflip=True)
+  rows = np.round(np.asarray(flipped(ramp, jax.random.PRNGKey(2)))[:, 0, :, 0] * 255)
+  assert {bool(r[0] > r[-1]) for r in rows} == {True, False}  # some flipped, some not
+
+
+def test_split_and_join_restore_the_file(tmp_path):
+  data = np.random.default_rng(0).integers(0, 256, 2500, np.uint8).tobytes()
+  path = tmp_path / "hsc.hsz"
+  path.write_bytes(data)
+  parts = gpu_sweep.split_large(path, part_bytes=1000)
+  assert [p.name for p in parts] == ["hsc.hsz.part0", "hsc.hsz.part1", "hsc.hsz.part2"]
+  assert not path.exists() and max(p.stat().st_size for p in parts) == 1000
+  assert gpu_sweep.join_parts(tmp_path) == [path] and path.read_bytes() == data
+
+
+def test_bad_bundles_are_refused(tmp_path):
+  with pytest.raises(gpu_sweep.BundleError, match="manifest.json is missing"):
+    gpu_sweep.read_bundle(tmp_path)
+  for name in (gpu_sweep.MANIFEST, gpu_sweep.IMAGES, gpu_sweep.DETECTOR):
+    (tmp_path / name).write_bytes(b"")
+  (tmp_path / gpu_sweep.MANIFEST).write_text(json.dumps({"version": 99, "letterbox": 64}))
+  with pytest.raises(gpu_sweep.BundleError, match="bundle version 99"):
+    gpu_sweep.read_bundle(tmp_path)
+  (tmp_path / gpu_sweep.MANIFEST).write_text(json.dumps({"version": 1, "letterbox": 64}))
+  blob = np.frombuffer(gpu_sweep.pack_image(_photo(8, 8)), np.uint8)
+  np.savez(tmp_path / gpu_sweep.IMAGES, data=blob, offsets=np.array([0, blob.size + 3]),
+           shapes=np.array([[8, 8]]))
+  with pytest.raises(gpu_sweep.BundleError, match="offsets disagree"):
+    gpu_sweep.read_bundle(tmp_path)
+  with pytest.raises(gpu_sweep.BundleError, match="holds no zoo files"):
+    gpu_sweep.finish(tmp_path, install=False)
+
+
+def test_training_path_imports_nothing_the_gpu_machine_lacks():
+  code = BLOCKER + textwrap.dedent("""
+      from hssc_jax import train_lib, zoo
+      from hssc_jax.codecs import registry
+      from hssc_jax.detectors import factory, yolov5
+      import hssc_jax.codecs.hssc_paper
+      print(sorted(registry.CODECS))
+      """)
+  r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                     env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "hssc_paper" in r.stdout
+
+
+@pytest.mark.slow
+def test_pack_train_finish_end_to_end(tmp_path, shared):
+  shared("data", "coco-mini", "train2017")
+  shared("weights", "yolov5n-coco-v6.0.pt")
+  bundle, out = tmp_path / "bundle", tmp_path / "out"
+  gpu_sweep.pack(bundle, ["base", "mfiba"], limit=3)
+  run = BLOCKER + textwrap.dedent(f"""
+      import runpy
+      sys.argv = ["gpu_sweep.py", "train", {str(bundle)!r}, {str(out)!r}, "--methods", "base",
+                  "mfiba", "--max-steps", "3"]
+      runpy.run_path({str(REPO / "scripts" / "gpu_sweep.py")!r}, run_name="__main__")
+      """)
+  r = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True,
+                     env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, timeout=1200)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "initialised" in r.stdout  # MFIBA started from the sweep's base model
+  assert gpu_sweep.finish(out, install=False) == ["base", "mfiba"]
+  from hssc_jax import zoo
+  info = zoo.read_info(zoo.path_of("mfiba", out))
+  assert info["steps"] == 3 and info["codec_kwargs"]["allocation_models"]
+  model = zoo.load("mfiba", 2, folder=out)  # a real bitstream through the range coder
+  rng = np.random.default_rng(0)
+  feats = {s: rng.normal(0, 1, (1, 80 >> i, 80 >> i, c)).astype(np.float32)
+           for i, (s, c) in enumerate(zip(info["scales"], info["channels"]))}
+  back = model.decompress(model.compress(feats, image_size=(640, 640)))
+  assert {s: v.shape for s, v in back.items()} == {s: v.shape for s, v in feats.items()}
