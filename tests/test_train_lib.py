@@ -113,6 +113,7 @@ def _saving_steps(workdir):  # orbax writes a step to "<step>.orbax-checkpoint-t
   return [int(p.name.split(".")[0]) for p in folder.glob("*.orbax-checkpoint-tmp*")]
 
 
+@pytest.mark.slow  # two train.py processes: about two minutes on two cores
 def test_resume_after_sigkill_mid_save(tmp_path):
   cmd = [sys.executable, "train.py", "--config", "configs/base.py:smoke", "--workdir",
          str(tmp_path), "--config.steps=400", "--config.checkpoint_every=2",

@@ -186,6 +186,7 @@ def test_smoke_training_fits_the_constants_and_the_zoo_model_codes(tmp_path):
   assert model.decompress(data)["p5"].shape == feats["p5"].shape
 
 
+@pytest.mark.slow  # trains a learned HSSC first: about 90 s on two cores
 def test_warm_start_from_a_learned_hssc_workdir_copies_sftnet(tmp_path):
   """`init_from=<workdir>` of another codec: the parameters of the same name and shape (SFTNet)
   are copied, the source's coder is not, and the source's feature normalisation comes along."""
