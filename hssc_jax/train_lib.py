@@ -40,19 +40,23 @@ from hssc_jax.training import summary
 # are read by attribute, tf.data and tqdm are imported where used.
 
 
-def make_optimizer(cfg: Any, steps: int) -> optax.GradientTransformation:
-  """Adam with warmup + cosine (or constant) schedule and global-norm clipping."""
+def learning_rate_schedule(cfg: Any, steps: int) -> optax.Schedule:
+  """`config.optim`'s learning rate over a run of `steps` steps: linear warmup, then cosine decay
+  to `final_lr_fraction` (or constant)."""
   warmup = max(min(int(cfg.warmup_steps), steps - 1), 1)
   if cfg.schedule == "cosine":  # decay_steps counts the warmup and must exceed it
-    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(steps, warmup + 1),
-                                            cfg.lr * cfg.final_lr_fraction)
-  elif cfg.schedule == "constant":
-    lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup),
-                               optax.constant_schedule(cfg.lr)], [warmup])
-  else:
-    raise errors.ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(steps, warmup + 1),
+                                              cfg.lr * cfg.final_lr_fraction)
+  if cfg.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup),
+                                 optax.constant_schedule(cfg.lr)], [warmup])
+  raise errors.ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
+
+
+def make_optimizer(cfg: Any, steps: int) -> optax.GradientTransformation:
+  """Adam with `learning_rate_schedule` and global-norm clipping."""
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                     optax.adam(lr, b1=cfg.b1, b2=cfg.b2))
+                     optax.adam(learning_rate_schedule(cfg, steps), b1=cfg.b1, b2=cfg.b2))
 
 
 def codec_kwargs(config: Any, feature_norm: Any = None) -> dict[str, Any]:

@@ -34,7 +34,6 @@ weights: never commit it.
 import argparse
 import importlib
 import json
-import math
 import shutil
 import sys
 import time
@@ -197,8 +196,18 @@ def pack(bundle: Path, methods: Sequence[str], limit: int = 0) -> dict[str, Any]
 # train (JAX, flax, optax, numpy)
 
 class _Attrs(dict):
-  """Attribute access over a config dict (what `train_lib.make_optimizer` reads)."""
-  __getattr__ = dict.__getitem__
+  """A JSON config read as `train_lib` reads an ml_collections ConfigDict: attributes (nested
+  dicts as `_Attrs`), `.get` and `.to_dict`."""
+
+  def __getattr__(self, key: str) -> Any:
+    try:
+      value = self[key]
+    except KeyError as e:
+      raise AttributeError(key) from e
+    return _Attrs(value) if isinstance(value, dict) else value
+
+  def to_dict(self) -> dict[str, Any]:
+    return json.loads(json.dumps(self))
 
 
 def read_bundle(bundle: Path) -> tuple[dict[str, Any], np.ndarray, bytes]:
@@ -253,16 +262,6 @@ def make_crops(size: int, batch: int, scale_range: Sequence[float], hflip: bool)
   return crops
 
 
-def _cosine_lr(optim: Mapping[str, Any], step: int, steps: int) -> float:
-  """`train_lib.make_optimizer`'s warmup + cosine schedule, evaluated on the host."""
-  warmup = max(min(int(optim["warmup_steps"]), steps - 1), 1)
-  lr, final = float(optim["lr"]), float(optim["lr"]) * float(optim["final_lr_fraction"])
-  if step < warmup:
-    return lr * step / warmup
-  t = min((step - warmup) / max(steps - warmup, 1), 1.0)
-  return final + (lr - final) * 0.5 * (1 + math.cos(math.pi * t))
-
-
 def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, canvases: Any,
                  manifest: Mapping[str, Any], seconds: float, max_steps: int,
                  warm: tuple[dict, Any] | None, out: Path, log=print) -> tuple[dict, Any]:
@@ -274,7 +273,8 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
   from hssc_jax.codecs import registry  # pylint: disable=g-import-not-at-top
   from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
   t0 = time.time()
-  d, loss, optim = cfg["data"], cfg["loss"], cfg["optim"]
+  cfg = _Attrs(cfg)
+  d, loss, optim = cfg["data"], cfg["loss"], cfg.optim
   size, batch = int(d["size"]), int(d["batch_size"])
   scales, channels = manifest["detector"]["feature_names"], manifest["detector"]["channels"]
   crops = make_crops(size, batch, d["scale_range"], bool(d["hflip"]))
@@ -282,10 +282,7 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
   rng = jax.random.PRNGKey(int(cfg["seed"]))
   data_key, norm_key, fit_key = (jax.random.fold_in(rng, i) for i in (1, 2, 3))
 
-  lmbdas = tuple(float(v) for v in (loss.get("lmbdas") or ())) or (float(loss["lmbda"]),)
-  kwargs = dict(cfg["codec"]["kwargs"])
-  if len(lmbdas) > 1:
-    kwargs["qualities"] = len(lmbdas)
+  lmbdas = train_lib.lambdas_of(cfg)
   feature_norm = None
   if cfg["codec"].get("normalize", False):
     if warm is not None:
@@ -295,7 +292,7 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
       keys = (jax.random.fold_in(norm_key, i) for i in range(n))
       batches = (jax.device_get(features_of(canvases, det_vars, k)) for k in keys)
       feature_norm = train_lib.fit_feature_norm(batches, n, scales)
-    kwargs["feature_norm"] = feature_norm
+  kwargs = train_lib.codec_kwargs(cfg, feature_norm)
   codec = registry.build_codec(cfg["codec"]["name"], kwargs, scales, channels)
 
   tx = optax.chain(optax.clip_by_global_norm(float(optim["clip_norm"])),
@@ -327,6 +324,7 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
   main_fn = compiled(codec)
   mixed_fraction = float(loss.get("mixed_fraction", 0.0))
   steps, done, compile_s, metrics = max_steps, 0, None, {}
+  schedule_steps = None
   while done < steps:
     mixed = mixed_fraction > 0 and done >= steps - int(round(mixed_fraction * steps))
     if mixed and main_fn is not None:
@@ -334,7 +332,9 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
       fn = compiled(codec.clone(train_quantization="mixed"))
     elif not mixed:
       fn = main_fn
-    lr = jnp.asarray(_cosine_lr(optim, done, steps), jnp.float32)
+    if schedule_steps != steps:  # the step count is set once, after the speed is measured
+      schedule, schedule_steps = train_lib.learning_rate_schedule(optim, steps), steps
+    lr = jnp.asarray(schedule(done), jnp.float32)
     state, metrics = fn(state, canvases, det_vars, lr, jax.random.fold_in(data_key, done))
     done += 1
     if done == 1:
@@ -399,12 +399,15 @@ def join_parts(folder: Path) -> list[Path]:
   return joined
 
 
-def train(bundle: Path, out: Path, methods: Sequence[str], minutes: float, max_steps: int) -> None:
+def train(bundle: Path, out: Path, methods: Sequence[str] | None, minutes: float,
+          max_steps: int) -> None:
+  """Trains `methods` (None: every method of the bundle, warm-start sources first) in order."""
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from hssc_jax.detectors.yolov5 import YOLOv5  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   manifest, canvases, det_bytes = read_bundle(bundle)
+  methods = methods or [m for m in METHODS if m in manifest["methods"]]
   unknown = [m for m in methods if m not in manifest["methods"]]
   if unknown:
     raise BundleError(f"the bundle has no config for {unknown}; it has {list(manifest['methods'])}")
@@ -473,17 +476,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.command == "pack":
     pack(args.bundle, args.methods, args.limit)
   elif args.command == "train":
-    methods = args.methods or [m for m in METHODS if m in read_bundle_methods(args.bundle)]
-    train(args.bundle, args.out, methods, args.minutes, args.max_steps)
+    train(args.bundle, args.out, args.methods, args.minutes, args.max_steps)
   else:
     finish(args.out, args.install)
-
-
-def read_bundle_methods(bundle: Path) -> list[str]:
-  path = bundle / MANIFEST
-  if not path.is_file():
-    raise BundleError(f"{bundle} is not a sweep bundle: {MANIFEST} is missing (run `pack` first)")
-  return list(json.loads(path.read_text()).get("methods", {}))
 
 
 if __name__ == "__main__":
