@@ -193,6 +193,11 @@ class FeatureCodec(nn.Module):
   """
 
   codec_id: ClassVar[str] = "codec"
+  # Fields that only shape training (the quantization proxy); the fingerprint hashes their
+  # defaults in their place, so it binds a bitstream to what decoding depends on and a model
+  # fine-tuned under another proxy still reads its bitstreams (and the zoo's, all trained with
+  # the defaults, keep their fingerprints).
+  training_only: ClassVar[tuple[str, ...]] = ("train_quantization",)
   scales: Sequence[str] = ("p3", "p4", "p5")
   channels: Sequence[int] = (64, 128, 256)
   train_quantization: str = "noise"
@@ -229,6 +234,13 @@ class FeatureCodec(nn.Module):
     return {s: f * stats[s][1] + stats[s][0] if s in stats else f for s, f in features.items()}
 
   @nn.nowrap
+  def decoding_config(self) -> dict[str, Any]:
+    """`module_config` with the `training_only` fields at their defaults (what the fingerprint
+    hashes)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    return dict(module_config(self), **{k: defaults[k] for k in self.training_only})
+
+  @nn.nowrap
   def fingerprint(self, params: Any, tables: Any) -> bytes:
     """16-byte digest of codec id, config, parameters and tables (memoised per objects: hashing
     millions of parameters for every image would dominate a small codec's coding time)."""
@@ -236,7 +248,7 @@ class FeatureCodec(nn.Module):
     hit = _FINGERPRINTS.get(key)
     if hit is not None and hit[0] is params and hit[1] is tables:
       return hit[2]
-    fp = bitstream.fingerprint(self.codec_id, module_config(self), params, tables)
+    fp = bitstream.fingerprint(self.codec_id, self.decoding_config(), params, tables)
     if len(_FINGERPRINTS) >= 64:
       _FINGERPRINTS.pop(next(iter(_FINGERPRINTS)))
     _FINGERPRINTS[key] = (params, tables, fp)

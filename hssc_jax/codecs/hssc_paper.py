@@ -95,6 +95,7 @@ class HSSCPaperCodec(HSSCCodec):
   """
 
   codec_id: ClassVar[str] = "hssc_paper"
+  training_only: ClassVar[tuple[str, ...]] = HSSCCodec.training_only + ("qp_noise",)
   qps: Sequence[int] = (47, 42, 37, 32, 27, 22)
   inner: str = "hevc"
   compact_range: Any = None

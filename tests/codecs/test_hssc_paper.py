@@ -59,6 +59,14 @@ def test_fitted_constants_are_a_range_and_a_permutation(model):
   assert sorted(consts["permutation"]) == list(range(32))
 
 
+def test_the_training_proxy_is_not_in_the_fingerprint(model):
+  """qp_noise shapes training only; the fitted order shapes decoding."""
+  codec, params, _, consts = model
+  fp = codec.fingerprint(params, {})
+  assert codec.clone(qp_noise=(9.0, 5.0, 1.0)).fingerprint(params, {}) == fp
+  assert codec.clone(permutation=tuple(consts["permutation"][::-1])).fingerprint(params, {}) != fp
+
+
 def _decode_by_hand(codec, params, data, sizes):
   """Container -> HEVC frame -> untile -> undo the order -> dequantize -> SFTNet rebuild, written
   out here with the inner codec and tiling directly (not through `decompress`)."""

@@ -65,6 +65,22 @@ def test_bitstream_from_other_codec_config_is_refused(field, a_kw, b_kw):
   a.decompress(va["params"], ta, data)  # the model that wrote it decodes it
 
 
+def test_training_only_fields_leave_the_fingerprint():
+  """A model fine-tuned under another quantization proxy decodes the same bitstreams; the
+  fingerprint still moves with a field decoding depends on."""
+  feats = checks.pyramid()
+  a = HyperpriorCodec(**SMALL, train_quantization="noise")
+  b = HyperpriorCodec(**SMALL, train_quantization="mixed")
+  va = checks.init(a, feats)
+  ta = a.build_tables(va["params"])
+  assert a.fingerprint(va["params"], ta) == b.fingerprint(va["params"], ta)
+  assert a.clone(quality=1, qualities=2).fingerprint(va["params"], ta) != a.fingerprint(
+      va["params"], ta)
+  data = a.compress(va["params"], ta, feats, (320, 320))
+  got = b.decompress(va["params"], ta, data)
+  np.testing.assert_array_equal(got["p5"], a.decompress(va["params"], ta, data)["p5"])
+
+
 def test_bad_config():
   with pytest.raises(errors.ConfigError):
     checks.init(HyperpriorCodec(**{**SMALL, "channels": (16, 32)}), checks.pyramid())
