@@ -5,27 +5,34 @@
   features_hat = model.decompress(data)
 
 One file per method, `hssc_jax/assets/zoo/<name>.hsz`: a variable-rate model (one quality per
-lambda of its training sweep) with float16 parameters. Layout:
+lambda of its training sweep) with float16 parameters and its CDF tables. Layout (version 2):
 
 ```
   0   8  magic b"HSJXZOO\\0"
   8   2  format version (big-endian)
  10   4  header length n
  14   n  JSON header: name, codec, codec_kwargs, scales, channels, detector, lmbdas, steps,
-           payload sha256, fingerprint of each quality
-14+n  *  payload: flax msgpack of the float16 parameters
+           tables_bytes m, SHA-256 of everything after the header, fingerprint of each quality
+14+n  m  the integer CDF tables (zlib of flax msgpack), built once at export
+14+n+m * flax msgpack of the float16 parameters
 ```
 
-Loading checks the magic, version, length and SHA-256 (a truncated or damaged file raises
-`ZooError`), rebuilds the CDF tables from the parameters and checks that every quality's
-fingerprint is the one recorded at export: a library change that would decode the zoo's bitstreams
-differently fails loudly instead of silently. `export` writes such a file from a training workdir.
+The tables travel with the weights because building them is floating-point work whose last bits
+depend on the machine (NumPy dispatches exp/log to AVX-512 code where the CPU has it): a decoder
+that rebuilt them could select other CDFs than the encoder did. Loading checks the magic, version,
+length and SHA-256 (a truncated or damaged file raises `ZooError`) and that every quality's
+fingerprint (configuration, parameters, tables) is the one recorded at export: a library change
+that would decode the zoo's bitstreams differently fails loudly instead of silently. Version 1
+files (no tables) still load, their tables rebuilt here, so on another machine than the one that
+exported them their fingerprints may not match: `upgrade` rewrites one as version 2. `export`
+writes a zoo file from a training workdir.
 """
 
 import dataclasses
 import hashlib
 import json
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,7 +45,8 @@ from hssc_jax.codecs import coders
 
 ZOO_DIR = Path(__file__).resolve().parent / "assets" / "zoo"
 MAGIC = b"HSJXZOO\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READS = (1, 2)  # version 1: no tables section (rebuilt at load)
 SUFFIX = ".hsz"
 _PREAMBLE = struct.Struct(">8sHI")
 
@@ -110,9 +118,10 @@ def save(name: str, codec_name: str, codec_kwargs: Mapping[str, Any], scales: Se
           "lmbdas": [], "steps": 0, "final_metrics": {}, **info}
   codec = _build(head)
   params = _to_float32(_to_float16(params))  # what loading will see
-  tables = codec.build_tables(params)
-  payload = flax.serialization.msgpack_serialize(_to_float16(params))
-  head.update(payload_sha256=hashlib.sha256(payload).hexdigest(),
+  tables = jax.tree.map(np.asarray, codec.build_tables(params))
+  packed = zlib.compress(flax.serialization.msgpack_serialize(tables), 9)
+  payload = packed + flax.serialization.msgpack_serialize(_to_float16(params))
+  head.update(payload_sha256=hashlib.sha256(payload).hexdigest(), tables_bytes=len(packed),
               fingerprints=_fingerprints(codec, params, tables))
   header = json.dumps(head, sort_keys=True).encode("utf-8")
   path = path_of(name, folder)
@@ -121,6 +130,17 @@ def save(name: str, codec_name: str, codec_kwargs: Mapping[str, Any], scales: Se
   tmp.write_bytes(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload)
   tmp.rename(path)
   return path
+
+
+def upgrade(path: str | Path) -> Path:
+  """Rewrites a version-1 zoo file in place as version 2, with the tables built on this machine
+  (its fingerprints are recomputed with them; its parameters stay as they are)."""
+  info, params, _ = _read(path)
+  keep = {k: v for k, v in info.items() if k not in (
+      "name", "codec", "codec_kwargs", "scales", "channels", "payload_sha256", "fingerprints",
+      "tables_bytes")}
+  return save(info["name"], info["codec"], info["codec_kwargs"], info["scales"], info["channels"],
+              params, Path(path).parent, **keep)
 
 
 def _latest_step(workdir: str | Path) -> int:
@@ -138,8 +158,8 @@ def read_info(path: str | Path) -> dict[str, Any]:
     if len(pre) < _PREAMBLE.size or pre[:len(MAGIC)] != MAGIC:
       raise ZooError(f"{path} is not a hssc_jax zoo file (bad magic or shorter than its preamble)")
     _, version, n = _PREAMBLE.unpack(pre)
-    if version != FORMAT_VERSION:
-      raise ZooError(f"{path} is zoo format version {version}; this library reads {FORMAT_VERSION}")
+    if version not in _READS:
+      raise ZooError(f"{path} is zoo format version {version}; this library reads {_READS}")
     raw = f.read(n)
   try:
     return json.loads(raw.decode("utf-8"))
@@ -149,6 +169,12 @@ def read_info(path: str | Path) -> dict[str, Any]:
 
 def read(path: str | Path) -> tuple[dict[str, Any], Any]:
   """(header info, float32 parameters) of a zoo file; ZooError when it is not a sound one."""
+  info, params, _ = _read(path)
+  return info, params
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], Any, Any]:
+  """(header info, float32 parameters, tables or None for a version-1 file)."""
   path = Path(path)
   if not path.is_file():
     raise ZooError(f"zoo file not found: {path}")
@@ -156,8 +182,8 @@ def read(path: str | Path) -> tuple[dict[str, Any], Any]:
   if len(data) < _PREAMBLE.size or data[:len(MAGIC)] != MAGIC:
     raise ZooError(f"{path} is not a hssc_jax zoo file (bad magic or shorter than its preamble)")
   _, version, n = _PREAMBLE.unpack_from(data)
-  if version != FORMAT_VERSION:
-    raise ZooError(f"{path} is zoo format version {version}; this library reads {FORMAT_VERSION}")
+  if version not in _READS:
+    raise ZooError(f"{path} is zoo format version {version}; this library reads {_READS}")
   if _PREAMBLE.size + n > len(data):
     raise ZooError(f"{path} is truncated: its header runs past the end of the file")
   try:
@@ -167,11 +193,16 @@ def read(path: str | Path) -> tuple[dict[str, Any], Any]:
   payload = data[_PREAMBLE.size + n:]
   if not isinstance(info, dict) or hashlib.sha256(payload).hexdigest() != info.get("payload_sha256"):
     raise ZooError(f"{path} is truncated or damaged: its parameters fail the SHA-256 check")
+  m = info.get("tables_bytes", 0) if version >= 2 else 0
+  if not isinstance(m, int) or not 0 <= m <= len(payload):
+    raise ZooError(f"{path}: tables_bytes {m!r} does not fit its {len(payload)}-byte payload")
   try:
-    params = flax.serialization.msgpack_restore(payload)
+    tables = (flax.serialization.msgpack_restore(zlib.decompress(payload[:m]))
+              if version >= 2 else None)
+    params = flax.serialization.msgpack_restore(payload[m:])
   except Exception as e:  # pylint: disable=broad-except
-    raise ZooError(f"{path}: parameters cannot be read ({e})") from e
-  return info, _to_float32(params)
+    raise ZooError(f"{path}: parameters or tables cannot be read ({e})") from e
+  return info, _to_float32(params), tables
 
 
 def load(name: str, quality: int | None = None, folder: str | Path | None = None) -> ZooModel:
@@ -183,7 +214,7 @@ def load(name: str, quality: int | None = None, folder: str | Path | None = None
   path = path_of(name, folder)
   if not path.exists():
     raise errors.ConfigError(f"no zoo model {name!r}; the zoo has {names(folder)}")
-  info, params = read(path)
+  info, params, tables = _read(path)
   codec = _build(info)
   qualities = max(int(codec.qualities), 1)
   if quality is None:
@@ -191,12 +222,20 @@ def load(name: str, quality: int | None = None, folder: str | Path | None = None
   if not isinstance(quality, (int, np.integer)) or not 0 <= quality < qualities:
     raise errors.ConfigError(f"zoo model {name!r} has qualities 0..{qualities - 1}, got {quality!r}")
   codec = codec.clone(quality=int(quality)) if codec.qualities else codec
-  tables = codec.build_tables(params)
+  rebuilt = tables is None
+  if rebuilt:
+    tables = codec.build_tables(params)
   want = info.get("fingerprints") or []
-  got = codec.fingerprint(params, tables).hex()
+  try:
+    got = codec.fingerprint(params, tables).hex()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ZooError(f"zoo model {name!r}: its tables do not fit the codec ({e})") from e
   if len(want) != qualities or got != want[int(quality)]:
+    hint = (" (a version-1 file: its tables were rebuilt on this machine; zoo.upgrade(path) "
+            "re-exports it with them)" if rebuilt else "")
     raise ZooError(f"zoo model {name!r} quality {quality}: fingerprint {got} differs from the one "
-                   "recorded at export; this library would not decode its bitstreams the same way")
+                   f"recorded at export; this library would not decode its bitstreams the same "
+                   f"way{hint}")
   return ZooModel(codec, params, tables, info)
 
 

@@ -285,6 +285,53 @@ def test_zoo_export_load_code_and_bad_files(smoke_zoo):
     zoo.load("tiny", 0, bad)
 
 
+def _zoo_file(header: dict, tables: bytes, params: bytes, version: int = zoo.FORMAT_VERSION):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  header = dict(header, payload_sha256=hashlib.sha256(tables + params).hexdigest(),
+                tables_bytes=len(tables))
+  if version == 1:
+    del header["tables_bytes"]
+  raw = json.dumps(header).encode()
+  return b"HSJXZOO\0" + struct.pack(">HI", version, len(raw)) + raw + tables + params
+
+
+def test_zoo_files_carry_their_tables(smoke_zoo):
+  """The CDF tables are built once at export and read back, never rebuilt (their floating-point
+  last bits depend on the machine); tables that lie under a valid checksum are refused, and a
+  version-1 file (no tables) loads with rebuilt tables and upgrades to version 2."""
+  root, path = smoke_zoo
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  blob = path.read_bytes()
+  n = struct.unpack(">I", blob[10:14])[0]
+  header = json.loads(blob[14:14 + n])
+  m = header["tables_bytes"]
+  packed, params = blob[14 + n:14 + n + m], blob[14 + n + m:]
+  tables = flax.serialization.msgpack_restore(zlib.decompress(packed))
+  model = zoo.load("tiny", 1, root / "zoo")
+  want = model.codec.build_tables(model.params)
+  np.testing.assert_array_equal(model.tables["p3"]["z"]["lookup"], want["p3"]["z"]["lookup"])
+  bad = root / "lying_tables"
+  bad.mkdir()
+  lookup = np.array(tables["p3"]["z"]["lookup"])
+  lookup[0, 2] += 1  # one count moved between two symbols: a table the encoder never used
+  tables["p3"]["z"]["lookup"] = lookup
+  lying = zlib.compress(flax.serialization.msgpack_serialize(tables))
+  (bad / "tiny.hsz").write_bytes(_zoo_file(header, lying, params))
+  with pytest.raises(zoo.ZooError, match="fingerprint"):
+    zoo.load("tiny", 1, bad)
+  (bad / "tiny.hsz").write_bytes(_zoo_file(header, b"\x78\x9c junk", params))
+  with pytest.raises(zoo.ZooError, match="cannot be read"):
+    zoo.load("tiny", 1, bad)
+  old = root / "version1"
+  old.mkdir()
+  (old / "tiny.hsz").write_bytes(_zoo_file(header, b"", params, version=1))
+  data = model.compress({s: np.ones((1, 16 >> i, 16 >> i, c), np.float32) for i, (s, c) in
+                         enumerate(zip(header["scales"], header["channels"]))}, (128, 128))
+  assert zoo.load("tiny", 1, old).decompress(data)["p3"].shape == (1, 16, 16, header["channels"][0])
+  zoo.upgrade(old / "tiny.hsz")
+  assert (old / "tiny.hsz").read_bytes() == blob
+
+
 def test_zoo_points_from_another_folder(smoke_zoo):
   """configs/eval/zoo.py:folder=... evaluates models exported elsewhere (e.g. ablations)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
