@@ -18,7 +18,7 @@ lambda of its training sweep) with float16 parameters and its CDF tables. Layout
 ```
 
 The tables travel with the weights because building them is floating-point work whose last bits
-depend on the machine (NumPy dispatches exp/log to AVX-512 code where the CPU has it): a decoder
+depend on the machine (NumPy dispatches exp and log to code for the CPU it runs on): a decoder
 that rebuilt them could select other CDFs than the encoder did. Loading checks the magic, version,
 length and SHA-256 (a truncated or damaged file raises `ZooError`) and that every quality's
 fingerprint (configuration, parameters, tables) is the one recorded at export: a library change

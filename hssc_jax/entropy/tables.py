@@ -9,7 +9,7 @@ escape included, gets at least one count out of 2**precision, so any integer can
 Tables are built once from the model parameters (`factorized.build_table`,
 `gaussian.build_table`), saved with the checkpoint or the zoo file and loaded by the decoder: the
 decoder never rebuilds them, so floating-point differences between machines (NumPy's exp and log
-take other code paths on AVX-512 CPUs) cannot change them. The quantization
+can take other code paths on other CPUs) cannot change them. The quantization
 of a pmf to counts is pure integer arithmetic after one float64 scaling (largest-remainder method).
 """
 
