@@ -133,8 +133,9 @@ def save(name: str, codec_name: str, codec_kwargs: Mapping[str, Any], scales: Se
 
 
 def upgrade(path: str | Path) -> Path:
-  """Rewrites a version-1 zoo file in place as version 2, with the tables built on this machine
-  (its fingerprints are recomputed with them; its parameters stay as they are)."""
+  """Rewrites a zoo file in place in the current version (a version-1 file gains its tables),
+  tables built and fingerprints recomputed by this library on this machine; the parameters stay
+  as they are. For a file whose fingerprints a library change moved (a re-export, no retraining)."""
   info, params, _ = _read(path)
   keep = {k: v for k, v in info.items() if k not in (
       "name", "codec", "codec_kwargs", "scales", "channels", "payload_sha256", "fingerprints",

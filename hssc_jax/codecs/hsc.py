@@ -34,7 +34,7 @@ import numpy as np
 
 from hssc_jax import errors
 from hssc_jax.codecs import base
-from hssc_jax.codecs.hyperprior import HyperpriorModel, gain_init, model_from
+from hssc_jax.codecs.hyperprior import CoderOptions, HyperpriorModel, gain_init, model_from
 from hssc_jax.entropy import channel_context
 from hssc_jax.entropy import tables as tables_lib
 from hssc_jax.entropy.channel_context import ChannelContext
@@ -118,7 +118,7 @@ class CorePrior(nn.Module):
     return p[..., :self.latent_channels], p[..., self.latent_channels:]
 
 
-class HSCCodec(base.FeatureCodec):
+class HSCCodec(base.FeatureCodec, CoderOptions):
   """Two-level hierarchical latents, core semantics then feature latent (see module doc).
 
   Streams: "core/y", "core/z" (level 1), "feature/y" (level 2).
@@ -134,18 +134,16 @@ class HSCCodec(base.FeatureCodec):
     context_slices: slices of both channel-wise context models (>= 1; 1: no channel
       autoregression, the parameters come from the hyper inputs alone); context_hidden: their widths.
     transform: "gdn" or "residual" for g_c, g_f and g_f^-1.
+    stages (from `CoderOptions`) is unused: core_stages and feature_stages set the strides.
   """
 
   codec_id: ClassVar[str] = "hsc"
   core_channels: int = 96
-  latent_channels: int = 128
-  hidden_channels: int = 128
-  hyper_channels: int = 64
   core_stages: int = 1
   feature_stages: int = 1
-  hyper_stages: int = 2
   fusion_scale: str = ""
-  transform: str = "gdn"
+  # `CoderOptions` defaults that HSC changes
+  hyper_channels: int = 64
   context_slices: int = 4
   context_hidden: Sequence[int] = (96, 64)
 

@@ -202,9 +202,11 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
   compact_channels: int = 192
   transform_channels: int = 128
   hyper_channels: int = 64
+  # SFTNet parts that can be switched off (ablations)
   inter_scale: bool = True
   adaptive_reconstruction: bool = True
   spatial_attention: bool = True
+  # attention and squeeze-excitation sizes
   attention_channels: int = 32
   attention_pool: int = 2
   reduction: int = 4

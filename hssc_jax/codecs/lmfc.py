@@ -28,7 +28,7 @@ import numpy as np
 
 from hssc_jax import errors
 from hssc_jax.codecs import base
-from hssc_jax.codecs.hyperprior import HyperpriorModel, model_from
+from hssc_jax.codecs.hyperprior import CoderOptions, HyperpriorModel, model_from
 from hssc_jax.layers import ResidualBlock, conv, deconv, resize_to
 
 
@@ -67,23 +67,20 @@ class Downsample(nn.Module):
     return x
 
 
-class LMFCCodec(base.FeatureCodec):
+class LMFCCodec(base.FeatureCodec, CoderOptions):
   """BFCNet on `coded_scales`, MFCNet prediction for the others (see module doc).
 
   Streams: "bfc/y", "bfc/z", and "<scale>_residual/y|z" for predicted scales when `residual`.
+  The `CoderOptions` fields shape BFCNet's hyperprior over the fused representation.
   """
 
   codec_id: ClassVar[str] = "lmfc"
   coded_scales: Sequence[str] = ("p4", "p5")
   fused_channels: int = 192
-  latent_channels: int = 128
-  hidden_channels: int = 128
-  hyper_channels: int = 96
-  stages: int = 1
-  transform: str = "gdn"
-  context_slices: int = 0
+  # MFCNet
   predictor_hidden: int = 64
   predictor_blocks: int = 2
+  # optional residual coding of the predicted scales
   residual: bool = False
   residual_latent_channels: int = 32
   residual_stages: int = 2

@@ -9,6 +9,7 @@ from hssc_jax import errors
 from hssc_jax.codecs.inner.av1 import AV1
 from hssc_jax.codecs.inner.base import frame_kind
 from hssc_jax.codecs.inner.base import InnerCodec
+from hssc_jax.codecs.inner.base import Limits
 from hssc_jax.codecs.inner.base import split_grid
 from hssc_jax.codecs.inner.hevc import HEVC
 from hssc_jax.codecs.inner.vvc import VVC
@@ -49,5 +50,5 @@ def from_config(config: Mapping[str, Any]) -> InnerCodec:
   return get(cfg.pop("name", None), **cfg)
 
 
-__all__ = ["AV1", "CODECS", "HEVC", "InnerCodec", "VVC", "frame_kind", "from_config", "get",
-           "register", "split_grid"]
+__all__ = ["AV1", "CODECS", "HEVC", "InnerCodec", "Limits", "VVC", "frame_kind", "from_config",
+           "get", "register", "split_grid"]

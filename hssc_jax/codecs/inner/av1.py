@@ -45,11 +45,8 @@ class AV1(base.InnerCodec):
   """
 
   name = "av1"
-  qp_range = (1, 63)
-  min_size = 32
-  max_size = (8704, 16384)
-  max_pixels = 35_651_584
-  has_lossless = True
+  limits = base.Limits(qp_range=(1, 63), min_size=32, max_size=(8704, 16384),
+                       max_pixels=35_651_584, lossless=True)
 
   preset: int = 8
   lossless: bool = False

@@ -90,24 +90,34 @@ def _padded_size(n: int, align: int, minimum: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class InnerCodec(abc.ABC):
-  """Base class; subclasses are frozen dataclasses whose fields are their whole configuration.
+class Limits:
+  """What an inner codec accepts.
 
-  Class attributes a subclass sets:
-    name: short codec name, e.g. "hevc" (used in container codec ids).
+  Attributes:
     qp_range: inclusive range of accepted QPs.
     min_size: smallest side the encoder accepts (frames are padded up to it).
     max_size: (max height, max width) of one coded frame; larger frames are split.
     max_pixels: most luma samples of one coded frame; larger frames are split.
-    has_lossless: whether the codec has a mathematically lossless mode (field `lossless`).
+    lossless: whether the codec has a mathematically lossless mode (field `lossless`).
+  """
+
+  qp_range: tuple[int, int] = (0, 51)
+  min_size: int = 16
+  max_size: tuple[int, int] = (8192, 8192)
+  max_pixels: int = 8192 * 8192
+  lossless: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerCodec(abc.ABC):
+  """Base class; subclasses are frozen dataclasses whose fields are their whole configuration.
+
+  Class attributes a subclass sets: `name`, the short codec name used in container codec ids
+  (e.g. "hevc"), and its `limits`.
   """
 
   name: ClassVar[str] = "inner"
-  qp_range: ClassVar[tuple[int, int]] = (0, 51)
-  min_size: ClassVar[int] = 16
-  max_size: ClassVar[tuple[int, int]] = (8192, 8192)
-  max_pixels: ClassVar[int] = 8192 * 8192
-  has_lossless: ClassVar[bool] = False
+  limits: ClassVar[Limits] = Limits()
 
   # --- what subclasses implement -------------------------------------------------------------
   def align(self, kind: str) -> int:
@@ -134,7 +144,7 @@ class InnerCodec(abc.ABC):
     if limit is not None:
       h, w = (int(v) for v in limit)
       return h, w, h * w
-    return self.max_size[0], self.max_size[1], self.max_pixels
+    return self.limits.max_size[0], self.limits.max_size[1], self.limits.max_pixels
 
   def describe(self, qp: int | None) -> str:
     """'hevc (QP 32)' for error messages."""
@@ -144,7 +154,7 @@ class InnerCodec(abc.ABC):
 
   def check_qp(self, qp: Any) -> int:
     """The QP as an int, or InnerCodecError when it is not one this codec accepts."""
-    lo, hi = self.qp_range
+    lo, hi = self.limits.qp_range
     if isinstance(qp, bool) or not isinstance(qp, (int, np.integer)) or not lo <= int(qp) <= hi:
       raise errors.InnerCodecError(
           f"{self.name} (QP {qp!r}): QP must be an integer in [{lo}, {hi}] for this codec")
@@ -157,7 +167,8 @@ class InnerCodec(abc.ABC):
   def _padded(self, piece: tuple[int, int, int, int], kind: str) -> tuple[int, int]:
     a = self.align(kind)
     y0, y1, x0, x1 = piece
-    return _padded_size(y1 - y0, a, self.min_size), _padded_size(x1 - x0, a, self.min_size)
+    m = self.limits.min_size
+    return _padded_size(y1 - y0, a, m), _padded_size(x1 - x0, a, m)
 
   def encode(self, frame: np.ndarray, qp: int) -> bytes:
     """One frame -> the codec's elementary stream (bytes).

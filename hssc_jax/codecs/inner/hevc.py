@@ -37,11 +37,8 @@ class HEVC(base.InnerCodec):
   """
 
   name = "hevc"
-  qp_range = (0, 51)
-  min_size = 16
-  max_size = (16384, 16384)
-  max_pixels = 35_651_584
-  has_lossless = True
+  limits = base.Limits(qp_range=(0, 51), min_size=16, max_size=(16384, 16384),
+                       max_pixels=35_651_584, lossless=True)
 
   preset: str | None = None
   lossless: bool = False

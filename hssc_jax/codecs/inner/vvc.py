@@ -51,11 +51,8 @@ class VVC(base.InnerCodec):
   """
 
   name = "vvc"
-  qp_range = (0, 63)
-  min_size = 8
-  max_size = (16384, 16384)
-  max_pixels = 35_651_584
-  has_lossless = False
+  limits = base.Limits(qp_range=(0, 63), min_size=8, max_size=(16384, 16384),
+                       max_pixels=35_651_584, lossless=False)
 
   encoder: str = "vvencapp"
   decoder: str = "auto"
