@@ -41,6 +41,7 @@ Both networks run min(`transform_channels`, C_s) channels wide on the grid of sc
 Port decisions: docs/port_notes.md, "HSSC (Zhang et al., IEEE T-Broadcasting 2025)".
 """
 
+import dataclasses
 from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
@@ -120,21 +121,28 @@ class SpatialAttention(nn.Module):
     return conv(c, 1)(jnp.einsum("nqk,nkc->nqc", a, v).reshape(n, h, w, c))
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionSizes:
+  """Query/key width and key/value pooling of `SpatialAttention`; squeeze-excitation reduction."""
+
+  dim: int = 32
+  pool: int = 2
+  reduction: int = 4
+
+
 class IntraScale(nn.Module):
   """(F1): channel attention, then (optionally) residual spatial self-attention with a zero-init
   gain (SAGAN)."""
 
   spatial: bool = True
-  dim: int = 32
-  pool: int = 2
-  reduction: int = 4
+  sizes: AttentionSizes = AttentionSizes()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = ChannelAttention(self.reduction)(x)
+    x = ChannelAttention(self.sizes.reduction)(x)
     if self.spatial:
       gamma = self.param("gamma", nn.initializers.zeros, ())
-      x = x + gamma * SpatialAttention(self.dim, self.pool)(x)
+      x = x + gamma * SpatialAttention(self.sizes.dim, self.sizes.pool)(x)
     return x
 
 
@@ -145,21 +153,19 @@ class InterScale(nn.Module):
   features: int
   correlation: bool = True
   cross_attention: bool = True
-  dim: int = 32
-  pool: int = 2
-  reduction: int = 4
+  sizes: AttentionSizes = AttentionSizes()
 
   @nn.compact
   def __call__(self, d: jax.Array, e: jax.Array) -> jax.Array:
     if self.correlation:
       unit = lambda x: x * jax.lax.rsqrt(jnp.sum(jnp.square(x), -1, keepdims=True) + 1e-6)
       rho = jnp.sum(unit(d) * unit(e), -1, keepdims=True)                               # (F2)
-      a = _channel_gate([d, e], d.shape[-1], self.features, self.reduction)             # (F3)
+      a = _channel_gate([d, e], d.shape[-1], self.features, self.sizes.reduction)       # (F3)
       g = nn.sigmoid(conv(d.shape[-1], 3)(jnp.concatenate([d, e, rho], -1)))           # (F4)
       d = a * g * d                                                                    # (F5)
       if self.cross_attention:
         gamma = self.param("gamma", nn.initializers.zeros, ())
-        d = d + gamma * SpatialAttention(self.dim, self.pool)(e, d)
+        d = d + gamma * SpatialAttention(self.sizes.dim, self.sizes.pool)(e, d)
     r = conv(self.features, 1)(jnp.concatenate([e, d], -1))                            # (F6)
     return ResidualBlock(self.features)(r)
 
@@ -245,7 +251,7 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
   def setup(self):
     self._check_config()
     w, finest = self.widths, self.scales[0]
-    att = dict(dim=self.attention_channels, pool=self.attention_pool, reduction=self.reduction)
+    att = dict(sizes=AttentionSizes(self.attention_channels, self.attention_pool, self.reduction))
     self.proj = {s: conv(w[s], 3) for s in self.scales}
     self.intra = {s: IntraScale(self.spatial_attention and s != finest, **att) for s in self.scales}
     joins = {}
