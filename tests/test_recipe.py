@@ -332,6 +332,16 @@ def test_zoo_files_carry_their_tables(smoke_zoo):
   assert (old / "tiny.hsz").read_bytes() == blob
 
 
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_shipped_zoo_model_loads_on_this_machine(name):
+  """The shipped files carry their tables and fingerprints: a library change that would decode
+  their bitstreams differently, or tables rebuilt with other last bits, fails here."""
+  info = zoo.read_info(zoo.path_of(name))
+  assert info["tables_bytes"] > 0 and len(info["fingerprints"]) == info["codec_kwargs"]["qualities"]
+  for quality in (0, len(info["fingerprints"]) - 1):
+    assert zoo.load(name, quality).quality == quality
+
+
 def test_zoo_points_from_another_folder(smoke_zoo):
   """configs/eval/zoo.py:folder=... evaluates models exported elsewhere (e.g. ablations)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
