@@ -175,21 +175,30 @@ def norm_stats(feature_norm: Any, scales: Sequence[str]) -> dict[str, tuple[np.n
   return stats
 
 
-class FeatureCodec(nn.Module):
+class RateOptions(nn.Module):
+  """Variable rate, for a codec and the entropy-coded models it builds (`rate_kwargs`).
+
+  With `qualities` = Q > 0 the latents are scaled by learned per-channel gain vectors, one of Q
+  selected by `quality` (Cui et al., "Asymmetric gained deep image compression with continuous
+  rate adaptation", CVPR 2021), so one model covers a whole rate-accuracy curve; each quality has
+  its own fingerprint.
+  """
+
+  qualities: int = 0
+  quality: Any = 0
+
+
+class FeatureCodec(RateOptions):
   """Base class: subclasses define __call__, build_tables, compress_streams and decompress_streams.
 
   The container (magic, version, codec id, fingerprint, shapes, streams, checksum) is handled here,
   so every codec refuses truncated, corrupted or foreign bitstreams the same way.
 
-  Two fields every codec shares:
+  Fields every codec shares, besides the rate options (`RateOptions`):
     feature_norm: ((scale, means, stds), ...) per-channel statistics fitted on the training
       features; model constants (in the fingerprint, never in a bitstream). `__call__` works on
       normalized features (the training loop calls `normalize`); `compress` normalizes and
       `decompress` undoes it. None: identity.
-    qualities, quality: variable rate. With `qualities` = Q > 0 the latents are scaled by learned
-      per-channel gain vectors, one of Q selected by `quality` (Cui et al., "Asymmetric gained deep
-      image compression with continuous rate adaptation", CVPR 2021), so one model covers a whole
-      rate-accuracy curve; each quality has its own fingerprint.
   """
 
   codec_id: ClassVar[str] = "codec"
@@ -202,8 +211,6 @@ class FeatureCodec(nn.Module):
   channels: Sequence[int] = (64, 128, 256)
   train_quantization: str = "noise"
   feature_norm: Any = None
-  qualities: int = 0
-  quality: Any = 0
   header: str = "full"
 
   @nn.nowrap

@@ -51,13 +51,11 @@ class CoderOptions(nn.Module):
   context_hidden: Sequence[int] = (128, 64)
 
 
-class HyperpriorModel(CoderOptions):
+class HyperpriorModel(CoderOptions, base.RateOptions):
   """Mean-scale hyperprior over one NHWC tensor of `out_channels` channels."""
 
   out_channels: int = 0
   lrp: bool = True
-  qualities: int = 0
-  quality: Any = 0
 
   @nn.nowrap
   def context_model(self) -> ChannelContext:
