@@ -149,18 +149,24 @@ def _latest_step(workdir: str | Path) -> int:
   return max(steps) if steps else 0
 
 
+def _preamble(path: Path, head: bytes) -> tuple[int, int]:
+  """(format version, header length) from the first bytes of a zoo file; ZooError unless it is
+  one this library reads."""
+  if len(head) < _PREAMBLE.size or head[:len(MAGIC)] != MAGIC:
+    raise ZooError(f"{path} is not a hssc_jax zoo file (bad magic or shorter than its preamble)")
+  _, version, n = _PREAMBLE.unpack_from(head)
+  if version not in _READS:
+    raise ZooError(f"{path} is zoo format version {version}; this library reads {_READS}")
+  return version, n
+
+
 def read_info(path: str | Path) -> dict[str, Any]:
   """The JSON header of a zoo file (without reading or checking its parameters)."""
   path = Path(path)
   if not path.is_file():
     raise ZooError(f"zoo file not found: {path}")
   with open(path, "rb") as f:
-    pre = f.read(_PREAMBLE.size)
-    if len(pre) < _PREAMBLE.size or pre[:len(MAGIC)] != MAGIC:
-      raise ZooError(f"{path} is not a hssc_jax zoo file (bad magic or shorter than its preamble)")
-    _, version, n = _PREAMBLE.unpack(pre)
-    if version not in _READS:
-      raise ZooError(f"{path} is zoo format version {version}; this library reads {_READS}")
+    _, n = _preamble(path, f.read(_PREAMBLE.size))
     raw = f.read(n)
   try:
     return json.loads(raw.decode("utf-8"))
@@ -180,11 +186,7 @@ def _read(path: str | Path) -> tuple[dict[str, Any], Any, Any]:
   if not path.is_file():
     raise ZooError(f"zoo file not found: {path}")
   data = path.read_bytes()
-  if len(data) < _PREAMBLE.size or data[:len(MAGIC)] != MAGIC:
-    raise ZooError(f"{path} is not a hssc_jax zoo file (bad magic or shorter than its preamble)")
-  _, version, n = _PREAMBLE.unpack_from(data)
-  if version not in _READS:
-    raise ZooError(f"{path} is zoo format version {version}; this library reads {_READS}")
+  version, n = _preamble(path, data)
   if _PREAMBLE.size + n > len(data):
     raise ZooError(f"{path} is truncated: its header runs past the end of the file")
   try:

@@ -251,9 +251,10 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
   def setup(self):
     self._check_config()
     w, finest = self.widths, self.scales[0]
-    att = dict(sizes=AttentionSizes(self.attention_channels, self.attention_pool, self.reduction))
+    sizes = AttentionSizes(self.attention_channels, self.attention_pool, self.reduction)
     self.proj = {s: conv(w[s], 3) for s in self.scales}
-    self.intra = {s: IntraScale(self.spatial_attention and s != finest, **att) for s in self.scales}
+    self.intra = {s: IntraScale(self.spatial_attention and s != finest, sizes)
+                  for s in self.scales}
     joins = {}
     for chain in self.chains:
       for prev, s in zip(chain, chain[1:]):
@@ -263,9 +264,9 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
       joins[UPWARD_JOIN] = -1
     target = lambda s: self.scales[self.compact_index] if s == UPWARD_JOIN else s
     self.carry = {s: Resample(w[target(s)], st) for s, st in joins.items()}
-    self.carry_intra = {s: IntraScale(self.spatial_attention and target(s) != finest, **att)
+    self.carry_intra = {s: IntraScale(self.spatial_attention and target(s) != finest, sizes)
                         for s in joins}
-    self.fusion = {s: InterScale(w[target(s)], self.inter_scale, self.spatial_attention, **att)
+    self.fusion = {s: InterScale(w[target(s)], self.inter_scale, self.spatial_attention, sizes)
                    for s in joins}
     self.to_compact = conv(self.compact_channels, 1)
     self.coder = self.coder_model()
