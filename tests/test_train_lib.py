@@ -56,6 +56,7 @@ def test_base_trains_checkpoints_resumes_and_codes(tmp_path):
   assert bitstream.unpack(data).codec_id == "hyperprior"
 
 
+@pytest.mark.slow  # a second codec's full compile; tests/codecs/test_lmfc.py covers L-MFC's forward and coding
 def test_lmfc_smoke_step_and_wrong_codec_in_workdir(tmp_path):
   metrics = train_lib.train_and_evaluate(smoke(lmfc_config, steps=2), str(tmp_path))
   assert np.isfinite(metrics["loss"])
@@ -172,6 +173,7 @@ print("OK", l8, l1)
 """
 
 
+@pytest.mark.slow  # compiles the train step twice (one and two devices), a minute on 2 cores
 def test_sharded_step_equals_unsharded():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   out = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, capture_output=True,

@@ -173,6 +173,7 @@ def test_config_trains_one_sftnet_for_the_qp_sweep():
   assert hssc_paper_config.get_config("per_image,reorder=none").codec.kwargs.reorder_fit == "per_image"
 
 
+@pytest.mark.slow  # two minutes of XLA compilation; the forward and HEVC round trips stay in `make test`
 def test_smoke_training_fits_the_constants_and_the_zoo_model_codes(tmp_path):
   from hssc_jax import train_lib, zoo  # pylint: disable=g-import-not-at-top
   config = hssc_paper_config.get_config("smoke")
