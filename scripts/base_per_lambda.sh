@@ -33,10 +33,12 @@ from hssc_jax.metrics import rd
 keep = os.environ["QUALITIES"].split()
 full = [r for r in rd.read_csv("runs/eval_base_ablation/results.csv")
         if r["method"] == "base_full" and r["point"] in keep]
-per = [dict(r, method="per-lambda") for r in rd.read_csv("runs/eval_base_per_lambda/results.csv")]
+per = [dict(r, method="per-lambda", point=r["method"]) for r in rd.read_csv("runs/eval_base_per_lambda/results.csv")]
 for r in sorted(full + per, key=lambda r: (r["method"], r["bpp"])):
   print(f"{r['method']:12s} {r['point']:14s} bpp {r['bpp']:.4f} mAP {r['mAP']:.4f}")
-bd = rd.bd_metrics(rd.curve(full, "base_full"), rd.curve(per, "per-lambda"))
-print(f"per-lambda against variable-rate: BD-rate {bd['bd_rate']:+.2f}% BD-mAP {bd['bd_map']:+.3f} "
-      f"({bd['note'] or 'full overlap'})")
+full_curve, per_curve = rd.curve(full, "base_full"), rd.curve(per, "per-lambda")
+for first in range(len(keep) - 1):  # every quality from the lowest, then without the lowest ones
+  bd = rd.bd_metrics(tuple(c[first:] for c in full_curve), tuple(c[first:] for c in per_curve))
+  print(f"per-lambda against variable-rate, {keep[first]} and up: BD-rate {bd['bd_rate']:+.2f}% "
+        f"BD-mAP {bd['bd_map']:+.3f} ({bd['note'] or 'full overlap'})")
 PY
