@@ -33,7 +33,8 @@ from hssc_jax.metrics import rd
 keep = os.environ["QUALITIES"].split()
 full = [r for r in rd.read_csv("runs/eval_base_ablation/results.csv")
         if r["method"] == "base_full" and r["point"] in keep]
-per = [dict(r, method="per-lambda", point=r["method"]) for r in rd.read_csv("runs/eval_base_per_lambda/results.csv")]
+per = [dict(r, method="per-lambda", point=r["method"])
+       for r in rd.read_csv("runs/eval_base_per_lambda/results.csv")]
 for r in sorted(full + per, key=lambda r: (r["method"], r["bpp"])):
   print(f"{r['method']:12s} {r['point']:14s} bpp {r['bpp']:.4f} mAP {r['mAP']:.4f}")
 full_curve, per_curve = rd.curve(full, "base_full"), rd.curve(per, "per-lambda")
