@@ -106,6 +106,22 @@ def points_of(config: ml_collections.ConfigDict) -> list[Point]:
   return out
 
 
+def source_of(point: Point) -> str | None:
+  """What a finished point was measured with, so a rerun measures again after the model changed:
+  a zoo model's fingerprint at that quality, a workdir's latest checkpoint step; None (fixed) for
+  the anchors."""
+  if point.kind == "zoo":
+    from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+    fingerprints = zoo.read_info(zoo.path_of(point.model, point.folder or None)).get(
+        "fingerprints") or []
+    return fingerprints[point.quality] if point.quality < len(fingerprints) else None
+  if point.kind == "learned":
+    steps = [int(t.stem) for t in (Path(point.workdir) / "tables").glob("*.npz")
+             if t.stem.isdigit()]
+    return f"step {max(steps, default=0)}"
+  return None
+
+
 def make_coder(point: Point, config: ml_collections.ConfigDict, detector, det_vars,
                workdir: Path) -> coders.Coder:
   """The coder of one operating point (learned codecs checked against the detector's pyramid)."""
@@ -284,11 +300,16 @@ def evaluate_codecs(config: ml_collections.ConfigDict, workdir: str | os.PathLik
   rows = []
   for p in points:
     path = workdir / "points" / _slug(p.method) / f"{_slug(p.label)}.json"
+    source = source_of(p)
     if path.exists():
-      rows.append(json.loads(path.read_text()))
-      continue
+      row = json.loads(path.read_text())
+      if row.get("source") == source:
+        rows.append(row)
+        continue
+      print(f"{p.method} {p.label}: the model changed since {path} was written; measuring again")
     coder = make_coder(p, config, detector, det_vars, workdir)
     row = evaluate_point(p, coder, detector, det_vars, data, progress)
+    row["source"] = source
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1))
     print(f"{p.method:<24} {p.label:<18} bpp {row['bpp']:.4f}  mAP {row['mAP']:.4f}  "

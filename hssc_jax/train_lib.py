@@ -260,9 +260,25 @@ ZOO_PREFIX = "zoo:"  # init_from="zoo:<name>": warm start from a shipped zoo mod
 
 def read_warm_start(init_from: str) -> tuple[dict[str, Any], Any] | None:
   """(header with the source's "codec_kwargs", float32 parameters) of a warm start: a zoo model
-  ("zoo:base") or a training workdir (its latest parameters, any codec); None when empty."""
+  ("zoo:base") or a training workdir (its latest parameters, any codec); None when empty.
+
+  Several sources joined by "+" ("zoo:hssc+zoo:hssc_paper") are merged in order, a later source's
+  arrays replacing an earlier one's at the same path; the header is the last source's.
+  """
   if not init_from:
     return None
+  if "+" in init_from:
+    parts = [_read_one_warm_start(s) for s in init_from.split("+") if s]
+    if not parts:
+      raise errors.ConfigError(f"init_from {init_from!r} names no source")
+    merged: dict[tuple[str, ...], Any] = {}
+    for _, params in parts:
+      merged.update(flax.traverse_util.flatten_dict(flax.core.unfreeze(params)))
+    return parts[-1][0], flax.traverse_util.unflatten_dict(merged)
+  return _read_one_warm_start(init_from)
+
+
+def _read_one_warm_start(init_from: str) -> tuple[dict[str, Any], Any]:
   if not init_from.startswith(ZOO_PREFIX):
     _, params, _, run = load_codec(init_from)
     return {"codec_kwargs": run["codec_kwargs"]}, jax.device_get(params)

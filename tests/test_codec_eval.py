@@ -151,3 +151,22 @@ def test_eval_py_end_to_end(demo_root):
   assert proc2.returncode == 0, proc2.stderr[-3000:]
   assert {p: p.stat().st_mtime_ns for p in (work / "points").rglob("*.json")} == stamps
   assert json.loads((work / "results.json").read_text())["bd"] == report["bd"]
+
+
+def test_finished_points_are_bound_to_the_model_they_measured(tmp_path):
+  """A rerun reuses a point only while its source is unchanged: a zoo model's fingerprint at that
+  quality, a workdir's latest checkpoint; anchors are fixed."""
+  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+  Point = codec_eval.Point
+  fingerprints = zoo.read_info(zoo.path_of("base"))["fingerprints"]
+  got = [codec_eval.source_of(Point("base", "zoo", f"q{q}", model="base", quality=q))
+         for q in (0, 1)]
+  assert got == fingerprints[:2] and got[0] != got[1]
+  (tmp_path / "tables").mkdir()
+  learned = Point("x", "learned", "w", workdir=str(tmp_path))
+  for step in (250, 1000):
+    np.savez(tmp_path / "tables" / f"{step}.npz")
+  assert codec_eval.source_of(learned) == "step 1000"
+  np.savez(tmp_path / "tables" / "1250.npz")
+  assert codec_eval.source_of(learned) == "step 1250"
+  assert codec_eval.source_of(Point("a", "feature_anchor", "qp22", qp=22)) is None

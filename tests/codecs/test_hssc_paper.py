@@ -222,3 +222,22 @@ def test_warm_start_from_a_learned_hssc_workdir_copies_sftnet(tmp_path):
   params, copied, total = train_lib.overlay_params(fresh, source)
   assert "coder" in source and "coder" not in params and copied == total
   np.testing.assert_array_equal(params["to_compact"]["kernel"], source["to_compact"]["kernel"])
+
+
+def test_warm_start_merges_sources_in_order():
+  """`init_from="zoo:hssc+zoo:hssc_paper"`: the learned HSSC's coder with the paper form's SFTNet
+  (the later source wins where both hold an array); the header is the last source's."""
+  from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+  import flax  # pylint: disable=g-import-not-at-top
+  first, second = zoo.read(zoo.path_of("hssc")), zoo.read(zoo.path_of("hssc_paper"))
+  info, merged = train_lib.read_warm_start("zoo:hssc+zoo:hssc_paper")
+  assert info["codec_kwargs"] == second[0]["codec_kwargs"]
+  flat = flax.traverse_util.flatten_dict(merged)
+  a, b = (flax.traverse_util.flatten_dict(s[1]) for s in (first, second))
+  assert set(flat) == set(a) | set(b) and any(k[0] == "coder" for k in flat)
+  assert any(not np.array_equal(a[k], b[k]) for k in b)  # so the order below is seen
+  for k, v in flat.items():
+    np.testing.assert_array_equal(v, b[k] if k in b else a[k])
+  with pytest.raises(errors.ConfigError, match="no zoo model 'nope'"):
+    train_lib.read_warm_start("zoo:hssc+zoo:nope")
