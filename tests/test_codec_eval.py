@@ -91,6 +91,7 @@ def demo_root(tmp_path_factory):
     config = demo.train_config("base", lm, steps=4, root=root)
     with config.unlocked():
       config.data.cache_variants = 2
+      config.loss.mixed_fraction = 0.0  # one train-step compile; tests/test_train_lib.py covers it
     train_lib.train_and_evaluate(config, str(root / "runs" / f"base_l{lm:g}"))
   return root
 

@@ -20,9 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def smoke(module, **overrides):
+  """The smoke config with `overrides`; one training phase (no mixed fine-tune, so one train
+  step compile) unless "loss.mixed_fraction" is given: the base-codec test below covers the switch."""
   config = module.get_config("smoke")
   with config.unlocked():
     config.progress = False
+    config.loss.mixed_fraction = 0.0
     for key, value in overrides.items():
       node = config
       *path, last = key.split(".")
@@ -33,11 +36,12 @@ def smoke(module, **overrides):
 
 
 def test_base_trains_checkpoints_resumes_and_codes(tmp_path):
-  metrics = train_lib.train_and_evaluate(smoke(base_config, steps=3), str(tmp_path))
+  mixed = {"loss.mixed_fraction": 0.15}  # 5 steps: the last one straight-through ("mixed")
+  metrics = train_lib.train_and_evaluate(smoke(base_config, steps=3, **mixed), str(tmp_path))
   assert np.isfinite(metrics["loss"]) and metrics["bpp"] > 0
   assert (tmp_path / "tables" / "3.npz").exists() and (tmp_path / "tb").is_dir()
-  # Resume: the same workdir with more steps continues from step 3.
-  metrics = train_lib.train_and_evaluate(smoke(base_config, steps=5), str(tmp_path))
+  # Resume: the same workdir with more steps continues from step 3, into the mixed phase.
+  metrics = train_lib.train_and_evaluate(smoke(base_config, steps=5, **mixed), str(tmp_path))
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 5]
   # Checkpoint round trip: the trained codec loads and codes a pyramid exactly as it decodes it.
   codec, params, tables, run = train_lib.load_codec(tmp_path)
