@@ -116,9 +116,8 @@ def source_of(point: Point) -> str | None:
         "fingerprints") or []
     return fingerprints[point.quality] if point.quality < len(fingerprints) else None
   if point.kind == "learned":
-    steps = [int(t.stem) for t in (Path(point.workdir) / "tables").glob("*.npz")
-             if t.stem.isdigit()]
-    return f"step {max(steps, default=0)}"
+    from hssc_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+    return f"step {checkpoints.latest_tables_step(point.workdir)}"
   return None
 
 

@@ -98,11 +98,12 @@ def _fingerprints(codec: Any, params: Any, tables: Any) -> list[str]:
 def export(workdir: str | Path, name: str, folder: str | Path | None = None) -> Path:
   """Writes the trained codec of `workdir` as zoo model `name` (float16 parameters)."""
   from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from hssc_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   _, params, _, run = train_lib.load_codec(workdir)
   metrics_path = Path(workdir) / "final_metrics.json"
   return save(name, run["codec"], run["codec_kwargs"], run["scales"], run["channels"],
               jax.device_get(params), folder, detector=run["detector"],
-              lmbdas=run.get("lmbdas", []), steps=_latest_step(workdir),
+              lmbdas=run.get("lmbdas", []), steps=checkpoints.latest_tables_step(workdir),
               final_metrics=json.loads(metrics_path.read_text()) if metrics_path.exists() else {})
 
 
@@ -142,11 +143,6 @@ def upgrade(path: str | Path) -> Path:
       "tables_bytes")}
   return save(info["name"], info["codec"], info["codec_kwargs"], info["scales"], info["channels"],
               params, Path(path).parent, **keep)
-
-
-def _latest_step(workdir: str | Path) -> int:
-  steps = [int(p.stem) for p in (Path(workdir) / "tables").glob("*.npz") if p.stem.isdigit()]
-  return max(steps) if steps else 0
 
 
 def _preamble(path: Path, head: bytes) -> tuple[int, int]:

@@ -137,6 +137,12 @@ class Checkpointer:
     self.manager.close()
 
 
+def latest_tables_step(workdir: str | Path) -> int:
+  """The step of the newest `tables/<step>.npz` of a training workdir (0 when it has none)."""
+  steps = [int(p.stem) for p in (Path(workdir) / "tables").glob("*.npz") if p.stem.isdigit()]
+  return max(steps, default=0)
+
+
 def _jsonable_arrays(tables: Mapping[str, Any]) -> dict:
   return jax.tree.map(np.asarray, dict(tables))
 
