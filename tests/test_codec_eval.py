@@ -153,6 +153,21 @@ def test_eval_py_end_to_end(demo_root):
   assert {p: p.stat().st_mtime_ns for p in (work / "points").rglob("*.json")} == stamps
   assert json.loads((work / "results.json").read_text())["bd"] == report["bd"]
 
+  # A point whose recorded source is not the model's any more is measured again, and only it.
+  stale = sorted((work / "points" / "base").glob("*.json"))[0]
+  row = json.loads(stale.read_text())
+  row["source"], row["mAP"] = "step -1", -1.0
+  stale.write_text(json.dumps(row))
+  stamps = {p: p.stat().st_mtime_ns for p in (work / "points").rglob("*.json")}
+  proc3 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc3.returncode == 0, proc3.stderr[-3000:]
+  assert f"{stale}" in proc3.stdout and "measuring again" in proc3.stdout
+  now = {p: p.stat().st_mtime_ns for p in (work / "points").rglob("*.json")}
+  assert [p for p in now if now[p] != stamps[p]] == [stale]
+  again = json.loads(stale.read_text())
+  assert again["source"] != "step -1" and again["mAP"] == pytest.approx(
+      next(r["mAP"] for r in rows if r["method"] == "base" and r["point"] == again["point"]))
+
 
 def test_finished_points_are_bound_to_the_model_they_measured(tmp_path):
   """A rerun reuses a point only while its source is unchanged: a zoo model's fingerprint at that
