@@ -283,9 +283,7 @@ def evaluate_codecs(config: ml_collections.ConfigDict, workdir: str | os.PathLik
   workdir.mkdir(parents=True, exist_ok=True)
   points = points_of(config)
   detector, det_vars = detector_eval.build_detector(config)
-  data = pipeline.eval_data(config.data.root, config.data.split, batch_size=config.batch_size,
-                            data_dir=config.data.get("data_dir"),
-                            max_images=config.data.get("max_images"), shard_index=0, num_shards=1)
+  data = pipeline.eval_data_of(config)
   progress = config.get("progress", True)
 
   ref_path = workdir / "uncompressed.json"

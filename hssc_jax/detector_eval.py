@@ -82,9 +82,7 @@ def evaluate_detector(config: ml_collections.ConfigDict, workdir: str | os.PathL
   if detector is None:
     detector, params = build_detector(config)
   data_cfg = config.data
-  data = pipeline.eval_data(data_cfg.root, data_cfg.split, batch_size=config.batch_size,
-                            data_dir=data_cfg.get("data_dir"), max_images=data_cfg.get("max_images"),
-                            shard_index=0, num_shards=1)
+  data = pipeline.eval_data_of(config)
   known = set(data.category_ids)
   if not known & set(detector.coco_category_ids):
     raise errors.ConfigError(

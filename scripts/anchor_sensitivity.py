@@ -50,8 +50,7 @@ def main():
   args = parser.parse_args()
   config = zoo_config.get_config("anchors=False,models=base,qualities=0")
   detector, det_vars = detector_eval.build_detector(config)
-  data = pipeline.eval_data(config.data.root, config.data.split, batch_size=config.batch_size,
-                            data_dir=config.data.get("data_dir"), shard_index=0, num_shards=1)
+  data = pipeline.eval_data_of(config)
   workdir = Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   anchor = codec_eval.feature_anchor(config, "hevc", detector, det_vars, workdir)

@@ -1,7 +1,8 @@
 """Data: a TFDS builder for COCO-format folders, input pipelines, and a generated shapes set.
 
 - `coco_folder`: `CocoFolder` builder, `load_coco_folder(root, split)`, `annotation_path`.
-- `pipeline`: `eval_data` (original images for evaluation), `train_dataset`/`train_batches`
+- `pipeline`: `eval_data` (original images for evaluation; `eval_data_of(config)` from an eval
+  config), `train_dataset`/`train_batches`
   (augmented square crops for codec training).
 - `synthetic`: `make_shapes_dataset`, a procedurally generated COCO-format detection set.
 """
@@ -13,6 +14,7 @@ from hssc_jax.data.coco_folder import annotation_path
 from hssc_jax.data.coco_folder import CocoFolder
 from hssc_jax.data.coco_folder import load_coco_folder
 from hssc_jax.data.pipeline import eval_data
+from hssc_jax.data.pipeline import eval_data_of
 from hssc_jax.data.pipeline import EvalData
 from hssc_jax.data.pipeline import train_batches
 from hssc_jax.data.pipeline import train_dataset

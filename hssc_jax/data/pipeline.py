@@ -85,6 +85,15 @@ def eval_data(root: str | os.PathLike, split: str, *, batch_size: int = 8,
                   annotation_path=builder.annotation_path, category_ids=builder.category_ids)
 
 
+def eval_data_of(config) -> EvalData:
+  """`eval_data` of an evaluation config: `config.data` (root, split, data_dir, max_images) and
+  `config.batch_size`, the whole split in this process (one shard)."""
+  data_cfg = config.data
+  return eval_data(data_cfg.root, data_cfg.split, batch_size=config.batch_size,
+                   data_dir=data_cfg.get("data_dir"), max_images=data_cfg.get("max_images"),
+                   shard_index=0, num_shards=1)
+
+
 def _augment(encoded, orig_size, seed, *, size: int, scale_range: Sequence[float], hflip: bool,
              pad_value: int, letterbox: int = 0):
   """Decode, scale-jitter, pad, crop and flip one image (all randomness from `seed`).

@@ -2,6 +2,7 @@
 
 import itertools
 
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -52,6 +53,12 @@ def test_eval_data_yields_original_images(shapes, data_dir):
   everything = pipeline.eval_data(shapes, "val", batch_size=4, data_dir=data_dir, max_images=50,
                                   shard_index=0, num_shards=1)
   assert everything.num_images == 10
+  # From an evaluation config: its data settings and batch size, every image in one shard.
+  config = ml_collections.ConfigDict(dict(
+      batch_size=2, data=dict(root=str(shapes), split="val", data_dir=str(data_dir), max_images=5)))
+  of_config = pipeline.eval_data_of(config)
+  assert (of_config.num_images, len(of_config)) == (5, 3)
+  assert np.array_equal(np.concatenate([b["ids"] for b in of_config]), ids[:5])
 
 
 def _take(it, n):
