@@ -73,6 +73,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.loss.lmbda = arg.lmbda if arg.lmbda > 0 else LAMBDAS[len(LAMBDAS) // 2]
   c.loss.lmbdas = () if arg.lmbda > 0 else LAMBDAS
   c.loss.scale_weights = {"p3": 1.0, "p4": 1.0, "p5": 1.0}
+  c.loss.quality_weights = ()  # variable rate: relative draw weight per quality; () = uniform
   c.loss.task_weight = arg.task
   c.loss.mixed_fraction = 0.15  # the last 15% of steps: straight-through ("mixed") quantization
 

@@ -115,18 +115,32 @@ def fit_feature_norm(batches: Iterator[Mapping[str, Any]], num_batches: int,
   return tuple(out)
 
 
+def quality_log_probs(weights: Any, qualities: int) -> jax.Array | None:
+  """Log-probabilities of drawing each quality from relative `weights`; None (uniform) when empty."""
+  if weights is None or len(weights) == 0:
+    return None
+  w = np.asarray(weights, np.float64)
+  if not qualities or w.shape != (qualities,):
+    raise ValueError(f"quality_weights needs one weight per quality ({qualities}), got {len(w)}")
+  if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+    raise ValueError(f"quality_weights must be finite, non-negative and not all zero: {list(w)}")
+  with np.errstate(divide="ignore"):
+    return jnp.asarray(np.log(w / w.sum()), jnp.float32)
+
+
 def make_train_step(codec, tx: optax.GradientTransformation, rng: jax.Array, lmbdas: Any,
                     scale_weights: Mapping[str, float], part1=None, task_fn=None,
-                    task_weight: float = 0.0):
+                    task_weight: float = 0.0, quality_weights: Any = None):
   """The pure step `(state, batch) -> (state, metrics)`; state = {step, params, opt_state}.
 
   `batch` holds "pixels" and either "image" (then the frozen `part1` computes the features) or
   "features" (in the detector's domain; the codec's `normalize` is applied here). `lmbdas` is a
   float or, for a variable-rate codec, one lambda per quality: each step draws its quality q
-  uniformly and trains with lmbdas[q] (lambda sampled per batch). Noise for quantization comes from
-  fold_in(rng, step).
+  (uniformly, or in proportion to `quality_weights`, one non-negative weight per quality) and trains
+  with lmbdas[q] (lambda sampled per batch). Noise for quantization comes from fold_in(rng, step).
   """
   lmbdas = jnp.atleast_1d(jnp.asarray(lmbdas, jnp.float32))
+  log_p = quality_log_probs(quality_weights, codec.qualities)
 
   def train_step(state, batch):
     if "features" in batch:
@@ -136,7 +150,10 @@ def make_train_step(codec, tx: optax.GradientTransformation, rng: jax.Array, lmb
     feats = codec.normalize(feats)
     q_rng, step_rng = jax.random.split(jax.random.fold_in(rng, state["step"]))
     if codec.qualities:
-      q = jax.random.randint(q_rng, (), 0, codec.qualities)
+      if log_p is None:
+        q = jax.random.randint(q_rng, (), 0, codec.qualities)
+      else:
+        q = jax.random.categorical(q_rng, log_p).astype(jnp.int32)
       model = codec.clone(quality=q)
     else:
       q, model = jnp.zeros((), jnp.int32), codec
@@ -187,6 +204,12 @@ def _check_config(config: Any) -> None:
   mixed = float(config.loss.get("mixed_fraction", 0.0))
   if not 0.0 <= mixed < 1.0:
     raise errors.ConfigError(f"loss.mixed_fraction must be in [0, 1), got {mixed}")
+  weights = tuple(config.loss.get("quality_weights") or ())
+  if weights:
+    try:
+      quality_log_probs(weights, len(lambdas_of(config)) if len(lambdas_of(config)) > 1 else 0)
+    except ValueError as e:
+      raise errors.ConfigError(f"loss.{e}") from None
 
 
 def _image_batches(config, detector, det_vars, workdir: Path, detector_identity
@@ -389,7 +412,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     if phase not in step_fns:
       c = codec.clone(train_quantization="mixed") if phase == "mixed" else codec
       fn = make_train_step(c, tx, rng, lmbdas, sw, part1=part1, task_fn=task_fn,
-                           task_weight=task_weight)
+                           task_weight=task_weight,
+                           quality_weights=tuple(config.loss.get("quality_weights") or ()))
       step_fns[phase] = jax.jit(fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
     return step_fns[phase]
 

@@ -99,6 +99,23 @@ def test_train_step_samples_a_quality_per_step_with_its_lambda():
   assert len(seen) >= 3
 
 
+def test_train_step_draws_qualities_in_proportion_to_quality_weights():
+  import optax  # pylint: disable=g-import-not-at-top
+  codec = HyperpriorCodec(**SMALL, qualities=4)
+  feats = _feats(batch=1, size=16)
+  params, _ = _init(codec, feats)
+  tx = optax.sgd(0.0)
+  step = jax.jit(train_lib.make_train_step(codec, tx, jax.random.PRNGKey(3), (1.0, 2.0, 4.0, 8.0),
+                                           {}, quality_weights=(0.0, 1.0, 0.0, 3.0)))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  counts = np.zeros(4, int)
+  for _ in range(80):
+    state, m = step(state, {"features": feats, "pixels": np.full((1,), 64.0, np.float32)})
+    counts[int(m["quality"])] += 1
+  assert counts[0] == counts[2] == 0  # zero weight: never drawn
+  assert 40 <= counts[3] <= 75 and counts[1] >= 5, counts  # 3:1 in expectation (60 of 80)
+
+
 def test_task_distortion_weights_object_rows():
   rng = np.random.default_rng(0)
   ref = jnp.asarray(rng.normal(size=(1, 50, 85)).astype(np.float32))

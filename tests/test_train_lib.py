@@ -82,6 +82,14 @@ def test_bad_configs(tmp_path):
   with pytest.raises(errors.ConfigError, match="mixed_fraction"):
     train_lib.train_and_evaluate(smoke(base_config, **{"loss.mixed_fraction": 1.0}),
                                  str(tmp_path / "d"))
+  with pytest.raises(errors.ConfigError, match="one weight per quality"):
+    train_lib.train_and_evaluate(smoke(base_config, **{"loss.quality_weights": (1.0, 2.0)}),
+                                 str(tmp_path / "e"))
+  n = len(base_config.get_config("smoke").loss.lmbdas)
+  with pytest.raises(errors.ConfigError, match="non-negative"):
+    train_lib.train_and_evaluate(
+        smoke(base_config, **{"loss.quality_weights": (-1.0,) + (1.0,) * (n - 1)}),
+        str(tmp_path / "f"))
   config = base_config.get_config("smoke")
   with pytest.raises(AttributeError):
     config.loss.lmbdaa = 1.0  # Locked: a typo is an error, not a new field.
