@@ -77,6 +77,11 @@ def lambdas_of(config: Any) -> tuple[float, ...]:
   return lmbdas or (float(config.loss.lmbda),)
 
 
+def quality_weights_of(config: Any) -> tuple[float, ...]:
+  """`loss.quality_weights`: relative draw weight per quality of a variable-rate run; () = uniform."""
+  return tuple(float(v) for v in (config.loss.get("quality_weights") or ()))
+
+
 def _identity(config: Any, kwargs, scales, channels, detector_identity
               ) -> dict[str, Any]:
   ident = {"codec": config.codec.name, "codec_kwargs": kwargs, "scales": list(scales),
@@ -116,14 +121,17 @@ def fit_feature_norm(batches: Iterator[Mapping[str, Any]], num_batches: int,
 
 
 def quality_log_probs(weights: Any, qualities: int) -> jax.Array | None:
-  """Log-probabilities of drawing each quality from relative `weights`; None (uniform) when empty."""
+  """Log-probabilities of drawing each quality from relative `weights`; None (uniform) when empty.
+  Bad weights raise `ConfigError` (a ValueError)."""
   if weights is None or len(weights) == 0:
     return None
   w = np.asarray(weights, np.float64)
   if not qualities or w.shape != (qualities,):
-    raise ValueError(f"quality_weights needs one weight per quality ({qualities}), got {len(w)}")
+    raise errors.ConfigError(
+        f"loss.quality_weights needs one weight per quality ({qualities}), got {len(w)}")
   if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-    raise ValueError(f"quality_weights must be finite, non-negative and not all zero: {list(w)}")
+    raise errors.ConfigError(
+        f"loss.quality_weights must be finite, non-negative and not all zero: {list(w)}")
   with np.errstate(divide="ignore"):
     return jnp.asarray(np.log(w / w.sum()), jnp.float32)
 
@@ -204,12 +212,8 @@ def _check_config(config: Any) -> None:
   mixed = float(config.loss.get("mixed_fraction", 0.0))
   if not 0.0 <= mixed < 1.0:
     raise errors.ConfigError(f"loss.mixed_fraction must be in [0, 1), got {mixed}")
-  weights = tuple(config.loss.get("quality_weights") or ())
-  if weights:
-    try:
-      quality_log_probs(weights, len(lambdas_of(config)) if len(lambdas_of(config)) > 1 else 0)
-    except ValueError as e:
-      raise errors.ConfigError(f"loss.{e}") from None
+  qualities = len(lambdas_of(config))
+  quality_log_probs(quality_weights_of(config), qualities if qualities > 1 else 0)
 
 
 def _image_batches(config, detector, det_vars, workdir: Path, detector_identity
@@ -402,6 +406,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   if task_weight > 0:
     task_fn = lambda f: factory.task_outputs(detector, det_vars, f)
   lmbdas = lambdas_of(config)
+  quality_weights = quality_weights_of(config)
   sw = dict(config.loss.scale_weights)
   # Noise training, then a straight-through ("mixed") fine-tune: the decoder sees rounded latents.
   mixed_from = steps - int(round(float(config.loss.get("mixed_fraction", 0.0)) * steps))
@@ -412,8 +417,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     if phase not in step_fns:
       c = codec.clone(train_quantization="mixed") if phase == "mixed" else codec
       fn = make_train_step(c, tx, rng, lmbdas, sw, part1=part1, task_fn=task_fn,
-                           task_weight=task_weight,
-                           quality_weights=tuple(config.loss.get("quality_weights") or ()))
+                           task_weight=task_weight, quality_weights=quality_weights)
       step_fns[phase] = jax.jit(fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
     return step_fns[phase]
 

@@ -312,7 +312,8 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
 
   def compiled(c):
     step = train_lib.make_train_step(c, tx, rng, lmbdas, sw, task_fn=task_fn,
-                                     task_weight=task_weight)
+                                     task_weight=task_weight,
+                                     quality_weights=train_lib.quality_weights_of(cfg))
 
     def run(state, canvases, det_vars, lr, key):
       feats = jax.lax.stop_gradient(det.part1(det_vars, crops(canvases, key)))
