@@ -112,9 +112,16 @@ def source_of(point: Point) -> str | None:
   the anchors."""
   if point.kind == "zoo":
     from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
-    fingerprints = zoo.read_info(zoo.path_of(point.model, point.folder or None)).get(
-        "fingerprints") or []
-    return fingerprints[point.quality] if point.quality < len(fingerprints) else None
+    from hssc_jax.codecs import registry  # pylint: disable=g-import-not-at-top
+    info = zoo.read_info(zoo.path_of(point.model, point.folder or None))
+    fingerprints = info.get("fingerprints") or []
+    if point.quality >= len(fingerprints):
+      return None
+    # Encoder-only settings change the points but not the fingerprint.
+    kwargs = info.get("codec_kwargs") or {}
+    extra = {k: kwargs[k] for k in registry.codec_class(info["codec"]).encoder_only
+             if kwargs.get(k) is not None}
+    return fingerprints[point.quality] + (f" {json.dumps(extra, sort_keys=True)}" if extra else "")
   if point.kind == "learned":
     from hssc_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
     return f"step {checkpoints.latest_tables_step(point.workdir)}"

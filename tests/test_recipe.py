@@ -130,6 +130,15 @@ def test_task_distortion_weights_object_rows():
   spurious = ref.at[:, 20, 4].set(4.0)
   assert float(loss_lib.task_distortion(ref, spurious)) > float(
       loss_lib.task_distortion(ref, on_background))
+  # A mask keeps only its rows: the loss of a level (rows 10-19, no object) is not diluted by the
+  # object elsewhere, and equals the loss computed on those rows alone.
+  level = jnp.zeros((1, 50), bool).at[:, 10:20].set(True)
+  hit = ref + bump * (jnp.arange(50) == 13)[None, :, None]
+  np.testing.assert_allclose(float(loss_lib.task_distortion(ref, hit, level)),
+                             float(loss_lib.task_distortion(ref[:, 10:20], hit[:, 10:20])),
+                             rtol=1e-6)
+  assert float(loss_lib.task_distortion(ref, hit, level)) > 5 * float(
+      loss_lib.task_distortion(ref, hit))
 
 
 def test_feature_cache_batches_are_stored_maps_and_reproducible(tmp_path):

@@ -207,6 +207,9 @@ class FeatureCodec(RateOptions):
   # fine-tuned under another proxy still reads its bitstreams (and the zoo's, all trained with
   # the defaults, keep their fingerprints).
   training_only: ClassVar[tuple[str, ...]] = ("train_quantization",)
+  # Fields that only steer the encoder's choices, which travel in the bitstream (e.g. MFIBA's
+  # allocation exponent): left out of the fingerprint, so setting them keeps a model's bitstreams.
+  encoder_only: ClassVar[tuple[str, ...]] = ()
   scales: Sequence[str] = ("p3", "p4", "p5")
   channels: Sequence[int] = (64, 128, 256)
   train_quantization: str = "noise"
@@ -242,10 +245,11 @@ class FeatureCodec(RateOptions):
 
   @nn.nowrap
   def decoding_config(self) -> dict[str, Any]:
-    """`module_config` with the `training_only` fields at their defaults (what the fingerprint
-    hashes)."""
+    """`module_config` with the `training_only` fields at their defaults and without the
+    `encoder_only` ones (what the fingerprint hashes)."""
     defaults = {f.name: f.default for f in dataclasses.fields(self)}
-    return dict(module_config(self), **{k: defaults[k] for k in self.training_only})
+    config = dict(module_config(self), **{k: defaults[k] for k in self.training_only})
+    return {k: v for k, v in config.items() if k not in self.encoder_only}
 
   @nn.nowrap
   def fingerprint(self, params: Any, tables: Any) -> bytes:

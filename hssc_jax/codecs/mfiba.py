@@ -130,7 +130,9 @@ class MFIBACodec(HyperpriorCodec):
     mfip_channels: width of the MFIP network (M1).
     gain_range: G, gains in [1/G, G] (M4).
     gain_levels: size of the gain table (<= 256: one byte per scale in the bitstream).
-    importance_exponent: alpha in (M4); 0 turns the per-image allocation off (fixed gains).
+    importance_exponent: alpha in (M4) during training; 0 turns the per-image allocation off.
+    encode_exponent: alpha at encode time (None: `importance_exponent`), a post-training choice
+      like the fitted models: it scales MFIP's log importance in (M4) and weights (M3) by w^alpha.
     allocation_models: the fitted (M2) and rate-gain models per quality (`calibrate`), or None.
 
   `__call__(features, training)` returns features_hat, bits ("<scale>/y|z"), importance (N, S),
@@ -139,11 +141,13 @@ class MFIBACodec(HyperpriorCodec):
   """
 
   codec_id: ClassVar[str] = "mfiba"
+  encoder_only: ClassVar[tuple[str, ...]] = ("encode_exponent",)
   model_class: ClassVar[type] = GainedHyperpriorModel
   mfip_channels: int = 32
   gain_range: float = 4.0
   gain_levels: int = 255
   importance_exponent: float = 1.0
+  encode_exponent: float | None = None
   allocation_models: Any = None
 
   @nn.nowrap
@@ -155,6 +159,8 @@ class MFIBACodec(HyperpriorCodec):
           f"gain_levels must be in [2, 256] (one byte), got {self.gain_levels}")
     if not float(self.importance_exponent) >= 0:
       raise errors.ConfigError(f"importance_exponent must be >= 0, got {self.importance_exponent}")
+    if self.encode_exponent is not None and not float(self.encode_exponent) >= 0:
+      raise errors.ConfigError(f"encode_exponent must be >= 0 or None, got {self.encode_exponent}")
     if int(self.mfip_channels) < 1:
       raise errors.ConfigError(f"mfip_channels must be >= 1, got {self.mfip_channels}")
     for entry in self.allocation_models or ():
@@ -173,18 +179,27 @@ class MFIBACodec(HyperpriorCodec):
     self.mfip = MFIP(len(self.scales), self.mfip_channels)
     self.log_gain_offset = self.param("log_gain_offset", nn.initializers.zeros, (len(self.scales),))
 
-  def allocate_gains(self, features: base.Pyramid) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(M1), (M4): log importance, continuous clipped log gain and table index, each (N, S)."""
+  @property
+  def alpha(self) -> float:
+    """The exponent (M4) of the encoder: `encode_exponent`, else the training one."""
+    return float(self.importance_exponent if self.encode_exponent is None
+                 else self.encode_exponent)
+
+  def allocate_gains(self, features: base.Pyramid, alpha: float | None = None
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(M1), (M4): log importance, continuous clipped log gain and table index, each (N, S);
+    alpha defaults to the training exponent."""
     log_w = self.mfip([features[s] for s in self.scales])
     lim = float(np.log(self.gain_range))
-    log_g = jnp.clip(self.log_gain_offset + self.importance_exponent * log_w, -lim, lim)
+    alpha = self.importance_exponent if alpha is None else alpha
+    log_g = jnp.clip(self.log_gain_offset + alpha * log_w, -lim, lim)
     step = 2 * lim / (self.gain_levels - 1)
     idx = jnp.clip(jnp.round((log_g + lim) / step), 0, self.gain_levels - 1).astype(jnp.int32)
     return log_w, log_g, idx
 
   def allocation_indexes(self, features: base.Pyramid) -> tuple[jax.Array, jax.Array]:
     """(importance (N, S), gain table indexes (N, S)), what the encoder sends."""
-    log_w, _, idx = self.allocate_gains(features)
+    log_w, _, idx = self.allocate_gains(features, self.alpha)
     return jnp.exp(log_w), idx
 
   def forward_with_indexes(self, features: base.Pyramid, idx: jax.Array
@@ -295,7 +310,8 @@ class MFIBACodec(HyperpriorCodec):
     table = self.gains[0]
     budget = sum(float(models[s][1](table[i])) for s, i in zip(self.scales, idx))
     rates = allocate({s: models[s][0] for s in self.scales},
-                     {s: float(w) for s, w in zip(self.scales, importance)}, max(budget, 0.0))
+                     {s: float(w) ** self.alpha for s, w in zip(self.scales, importance)},
+                     max(budget, 0.0))
     gains = {s: models[s][1].gain(rates[s], self.gain_range) for s in self.scales}
     return self.gain_indexes(gains)
 
@@ -457,7 +473,10 @@ def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], p
 
   For each quality, batch (normalized features), scale s and gain g of `gains` (default 5 values
   spread over [1/G, G]), scale s is coded at g (the others at MFIP's gains) and its rate and the
-  task loss with only s decoded (`loss.task_distortion`) are measured in evaluation mode. Returns
+  task loss with only s decoded are measured in evaluation mode. The task loss of s is that of the
+  detections s feeds (`loss.task_distortion` over the head outputs that decoding s changes), so a
+  scale is not weighted by its number of head cells (P3 has 16x P5's): with the loss over all
+  outputs, (M3) moved bits to P3 that cost P4 more accuracy than P3 gained. Returns
   the `allocation_models` field: one tuple of (scale, a, b, c, p, q) rows per quality, or None
   for a quality whose points cannot be fitted (then `choose_indexes` keeps MFIP's gains).
   """
@@ -476,13 +495,17 @@ def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], p
       _, idx = alloc(params, feats)
       idx = np.asarray(idx)
       for i, s in enumerate(codec.scales):
-        for g in grid:
+        fed = None  # the head outputs scale s feeds: those its coarsest decoding changes
+        for g in sorted(grid):
           k = idx.copy()
           k[:, i] = g_idx[g]
           hat, bits = fwd(params, feats, jnp.asarray(k))
-          mixed = dict(feats, **{s: hat[s]})
+          head = task_fn(denormalize(dict(feats, **{s: hat[s]})))
+          if fed is None:
+            fed = np.any(np.asarray(head) != np.asarray(ref), axis=-1)
+            fed = fed if fed.any() else np.ones_like(fed)
           rates[s][g].append(float(np.mean(bits[f"{s}/y"] + bits[f"{s}/z"])) / pixels)
-          tasks[s][g].append(float(loss_lib.task_distortion(ref, task_fn(denormalize(mixed)))))
+          tasks[s][g].append(float(loss_lib.task_distortion(ref, head, fed)))
     rows = []
     try:
       for s in codec.scales:

@@ -50,10 +50,13 @@ def weighted_distortion(features: Mapping[str, jax.Array], features_hat: Mapping
 TASK_WEIGHT_FLOOR = 0.01
 
 
-def task_distortion(logits: jax.Array, logits_hat: jax.Array) -> jax.Array:
-  """Object-weighted MSE of the sigmoid head outputs (N, A, 5 + C) (see the module doc, T)."""
+def task_distortion(logits: jax.Array, logits_hat: jax.Array, mask: Any = None) -> jax.Array:
+  """Object-weighted MSE of the sigmoid head outputs (N, A, 5 + C) (see the module doc, T);
+  `mask` (N, A), if given, keeps only those outputs (e.g. the detections one scale feeds)."""
   p, q = jax.nn.sigmoid(logits), jax.nn.sigmoid(logits_hat)
   w = jax.lax.stop_gradient(jnp.maximum(p[..., 4], q[..., 4])) + TASK_WEIGHT_FLOOR
+  if mask is not None:
+    w = w * mask
   err = jnp.mean(jnp.square(p - q), axis=-1)
   return jnp.sum(w * err) / jnp.sum(w)
 

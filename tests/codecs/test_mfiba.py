@@ -120,6 +120,50 @@ def test_explicit_gains_set_the_rate_per_scale(model):
     registry.codec_class("hyperprior")(channels=(16, 32, 64)).decompress(params, tables, data)
 
 
+
+def test_encode_exponent_tempers_the_allocation_and_keeps_the_fingerprint(model):
+  codec, variables, feats, _ = model
+  params = variables["params"]
+  one = {s: a[:1] for s, a in feats.items()}
+  tables = codec.build_tables(params)
+  table, _ = codec.gains
+  offset = np.asarray(params["log_gain_offset"])
+  trained = codec.allocation(params, one)
+  gains = {}
+  for alpha in (0.0, 0.5, 1.0):
+    enc = codec.clone(encode_exponent=alpha)
+    assert enc.fingerprint(params, tables) == codec.fingerprint(params, tables)
+    shown = enc.read_allocation(params, tables, enc.compress(params, tables, one, (320, 320)))
+    gains[alpha] = np.array([shown[s]["gain"] for s in SCALES])
+    # (M4) with alpha: log g = beta + alpha * log w, on the table.
+    w = np.array([trained[s]["importance"][0] for s in SCALES])
+    want = np.exp(np.clip(offset + alpha * np.log(w), -np.log(4), np.log(4)))
+    np.testing.assert_allclose(gains[alpha], want, rtol=0.02)
+    # The training-mode allocation (M6 weights) does not see the encoder's exponent.
+    np.testing.assert_array_equal(enc.allocation(params, one)["p3"]["importance"],
+                                  trained["p3"]["importance"])
+    dec = codec.decompress(params, tables, enc.compress(params, tables, one, (320, 320)))
+    assert all(np.all(np.isfinite(dec[s])) for s in SCALES)  # decodes with the trained codec
+  np.testing.assert_allclose(gains[0.0], np.exp(offset), rtol=0.02)  # fixed per-scale gains
+  np.testing.assert_allclose(gains[1.0], [float(trained[s]["gain"][0]) for s in SCALES])
+  assert not np.allclose(gains[0.5], gains[1.0], rtol=0.02)
+  with pytest.raises(errors.ConfigError, match="encode_exponent"):
+    checks.init(MFIBACodec(**{**SMALL, "encode_exponent": -0.5}), feats)
+
+
+def test_encode_exponent_weights_the_fitted_allocation():
+  rows = (("p3", 0.002, 60.0, 0.0003, 0.05, 0.03), ("p4", 0.002, 80.0, 0.0002, 0.08, 0.05),
+          ("p5", 0.002, 120.0, 0.0001, 0.05, 0.03))
+  codec = MFIBACodec(**SMALL, allocation_models=(rows,))
+  idx = np.array(codec.gain_indexes({"p3": 1.0, "p4": 1.0, "p5": 1.0}))
+  skewed, flat = np.array([2.0, 0.5, 0.5]), np.ones(3)
+  # alpha 0: (M3) ignores the importance; alpha 1: it moves rate to the important scale.
+  a0 = codec.clone(encode_exponent=0.0)
+  assert a0.choose_indexes(skewed, idx) == a0.choose_indexes(flat, idx)
+  a1 = codec.clone(encode_exponent=1.0)
+  assert a1.choose_indexes(skewed, idx)[0] > a1.choose_indexes(flat, idx)[0]
+  assert a1.choose_indexes(skewed, idx) == codec.choose_indexes(skewed, idx)  # the default
+
 def test_weighted_distortion_in_the_loss():
   rng = np.random.default_rng(0)
   f = {s: jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32) for s in ("p3", "p4")}
