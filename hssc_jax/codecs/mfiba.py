@@ -302,8 +302,9 @@ class MFIBACodec(HyperpriorCodec):
   @nn.nowrap
   def choose_indexes(self, importance: np.ndarray, idx: np.ndarray) -> list[int]:
     """Encode-time allocation of one image: with fitted models, (M3) splits the rate MFIP's own
-    gains would spend (the budget, from the rate-gain models) across scales by importance-weighted
-    task loss-rate models and turns each scale's rate into its gain; else MFIP's gains (M4)."""
+    gains would spend (the budget, from the rate-gain models) across scales by task loss-rate
+    models weighted by w^alpha (`alpha`) and turns each scale's rate into its gain; else MFIP's
+    gains (M4)."""
     models = self.fitted_models()
     if models is None:
       return [int(i) for i in idx]
