@@ -137,12 +137,21 @@ def upgrade(path: str | Path) -> Path:
   """Rewrites a zoo file in place in the current version (a version-1 file gains its tables),
   tables built and fingerprints recomputed by this library on this machine; the parameters stay
   as they are. For a file whose fingerprints a library change moved (a re-export, no retraining)."""
+  return resave(path)
+
+
+def resave(path: str | Path, folder: str | Path | None = None, name: str | None = None,
+           **codec_options: Any) -> Path:
+  """Writes zoo file `path` again, its parameters and header info as they are and
+  `codec_options` merged into its codec options (e.g. MFIBA's fitted models or encoder exponent),
+  as `name` (default: its own) in `folder` (default: its own)."""
   info, params, _ = _read(path)
   keep = {k: v for k, v in info.items() if k not in (
       "name", "codec", "codec_kwargs", "scales", "channels", "payload_sha256", "fingerprints",
       "tables_bytes")}
-  return save(info["name"], info["codec"], info["codec_kwargs"], info["scales"], info["channels"],
-              params, Path(path).parent, **keep)
+  return save(name or info["name"], info["codec"], dict(info["codec_kwargs"], **codec_options),
+              info["scales"], info["channels"], params,
+              Path(path).parent if folder is None else folder, **keep)
 
 
 def _preamble(path: Path, head: bytes) -> tuple[int, int]:

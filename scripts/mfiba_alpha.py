@@ -32,23 +32,15 @@ sys.path.insert(0, str(ROOT))
 
 from hssc_jax import zoo  # pylint: disable=wrong-import-position
 
-_HEADER_ONLY = ("name", "codec", "codec_kwargs", "scales", "channels", "payload_sha256",
-                "fingerprints", "tables_bytes")
-
-
 def _name(alpha: float) -> str:
   return "mfiba_a" + f"{alpha:g}".replace(".", "")
 
 
 def write_variant(src: Path, alpha: float, folder: Path, name: str) -> Path:
   """A copy of zoo file `src` (an MFIBA model) with encode_exponent = alpha, as `name`."""
-  info, params = zoo.read(src)
-  if info["codec"] != "mfiba":
-    raise SystemExit(f"{src} holds a {info['codec']!r} model, not MFIBA")
-  keep = {k: v for k, v in info.items() if k not in _HEADER_ONLY}
-  kwargs = dict(info["codec_kwargs"], encode_exponent=float(alpha))
-  return zoo.save(name, info["codec"], kwargs, info["scales"], info["channels"], params, folder,
-                  **keep)
+  if zoo.read_info(src)["codec"] != "mfiba":
+    raise SystemExit(f"{src} does not hold an MFIBA model")
+  return zoo.resave(src, folder, name, encode_exponent=float(alpha))
 
 
 def recalibrate(src: Path, cache_dir: str, folder: Path) -> Path:
@@ -59,7 +51,6 @@ def recalibrate(src: Path, cache_dir: str, folder: Path) -> Path:
   from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
   from hssc_jax.codecs import mfiba  # pylint: disable=g-import-not-at-top
   from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
-  info, params = zoo.read(src)
   config = mfiba_config.get_config()
   with config.unlocked():
     config.data.cache_dir = cache_dir
@@ -68,17 +59,15 @@ def recalibrate(src: Path, cache_dir: str, folder: Path) -> Path:
       config, detector, det_vars, folder, factory.identity(config.detector))
   if kind != "features":
     raise SystemExit("--recalibrate needs the feature cache (--cache-dir)")
-  model = zoo.load(info["name"], 0, Path(src).parent).codec.clone(allocation_models=None)
+  loaded = zoo.load(Path(src).stem, 0, Path(src).parent)
+  model = loaded.codec.clone(allocation_models=None)
   it = batches(0)
   fit = [model.normalize(next(it)["features"])
          for _ in range(int(config.get("calibrate_batches", 4)))]
   task_fn = jax.jit(lambda f: factory.task_outputs(detector, det_vars, f))
-  fitted = mfiba.calibrate(model, params, fit, float(config.data.size) ** 2, task_fn,
+  fitted = mfiba.calibrate(model, loaded.params, fit, float(config.data.size) ** 2, task_fn,
                            model.denormalize)
-  keep = {k: v for k, v in info.items() if k not in _HEADER_ONLY}
-  kwargs = dict(info["codec_kwargs"], allocation_models=fitted)
-  return zoo.save(info["name"], info["codec"], kwargs, info["scales"], info["channels"], params,
-                  folder, **keep)
+  return zoo.resave(src, folder, allocation_models=fitted)
 
 
 def main(argv=None) -> None:

@@ -188,11 +188,7 @@ def test_finished_points_are_bound_to_the_model_they_measured(tmp_path):
   assert codec_eval.source_of(Point("a", "feature_anchor", "qp22", qp=22)) is None
   # An encoder-only setting (MFIBA's allocation exponent) keeps the fingerprint but changes the
   # points, so it is part of the source.
-  info, params = zoo.read(zoo.path_of("mfiba"))
-  keep = {k: v for k, v in info.items() if k in ("detector", "lmbdas", "steps", "final_metrics")}
-  kwargs = dict(info["codec_kwargs"], encode_exponent=0.75)
-  zoo.save("mfiba_half", info["codec"], kwargs, info["scales"], info["channels"], params,
-           tmp_path / "zoo", **keep)
+  zoo.resave(zoo.path_of("mfiba"), tmp_path / "zoo", "mfiba_half", encode_exponent=0.75)
   shipped, half = (codec_eval.source_of(Point(n, "zoo", "q2", model=n, quality=2, folder=f))
                    for n, f in (("mfiba", ""), ("mfiba_half", str(tmp_path / "zoo"))))
   assert half.split()[0] == shipped.split()[0] and half != shipped

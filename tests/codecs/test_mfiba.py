@@ -120,7 +120,6 @@ def test_explicit_gains_set_the_rate_per_scale(model):
     registry.codec_class("hyperprior")(channels=(16, 32, 64)).decompress(params, tables, data)
 
 
-
 def test_encode_exponent_tempers_the_allocation_and_keeps_the_fingerprint(model):
   codec, variables, feats, _ = model
   params = variables["params"]
@@ -163,6 +162,7 @@ def test_encode_exponent_weights_the_fitted_allocation():
   a1 = codec.clone(encode_exponent=1.0)
   assert a1.choose_indexes(skewed, idx)[0] > a1.choose_indexes(flat, idx)[0]
   assert a1.choose_indexes(skewed, idx) == codec.choose_indexes(skewed, idx)  # the default
+
 
 def test_weighted_distortion_in_the_loss():
   rng = np.random.default_rng(0)
