@@ -82,12 +82,13 @@ def test_bad_method_entries_raise_config_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-  """A tiny generated set and two base-codec runs (two lambdas) on the shipped ShapesNet."""
+  """A tiny generated set and one base-codec run on the shipped ShapesNet (one training: each run
+  costs a full compile; the anchors give the BD table its two-point curves)."""
   from hssc_jax import demo
   from hssc_jax import train_lib
   root = tmp_path_factory.mktemp("demo")
   demo.make_data(root / "data", train_images=8, val_images=8)
-  for lm in (256.0, 2048.0):
+  for lm in (256.0,):
     config = demo.train_config("base", lm, steps=4, root=root)
     with config.unlocked():
       config.data.cache_variants = 2
@@ -100,14 +101,14 @@ def test_eval_py_end_to_end(demo_root):
   work = demo_root / "eval"
   cmd = [sys.executable, str(REPO / "eval.py"),
          f"--config={REPO / 'configs/eval/demo.py'}:root={demo_root},methods=base,"
-         "lambdas=256+2048,smoke", f"--workdir={work}", "--config.progress=False"]
+         "lambdas=256,smoke", f"--workdir={work}", "--config.progress=False"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   rows = rd.read_csv(work / "results.csv")
   methods = [r["method"] for r in rows]
   assert methods.count("feature anchor (HEVC)") == 2 and methods.count("image anchor (HEVC)") == 2
-  assert methods.count("base") == 2
+  assert methods.count("base") == 1
   for r in rows:
     assert r["bpp"] > 0 and 0 <= r["mAP"] <= 1 and 0 <= r["AP50"] <= 1 and r["num_images"] == "8"
     assert r["encode_ms"] > 0 and r["decode_ms"] > 0

@@ -95,6 +95,7 @@ def test_bad_configs(tmp_path):
     config.loss.lmbdaa = 1.0  # Locked: a typo is an error, not a new field.
 
 
+@pytest.mark.slow  # a full smoke-training compile (about a minute on two cores) for one failure path
 def test_nan_loss_stops_with_step_and_saves_nothing_broken(tmp_path):
   # Warmup of one step: step 1 trains at lr 0, step 2 at lr 1e30 (params ~1e30, still finite), and
   # the loss of step 3 is NaN. With a checkpoint every step, steps 1 and 2 are saved before it.

@@ -164,6 +164,29 @@ def test_encode_exponent_weights_the_fitted_allocation():
   assert a1.choose_indexes(skewed, idx) == codec.choose_indexes(skewed, idx)  # the default
 
 
+def test_calibrate_measures_each_scale_over_the_detections_it_feeds(model):
+  """A per-level head (each output a function of one cell of one scale): head outputs that no
+  scale feeds (here appended constant rows, as P3's cells are to P5) must not dilute a scale's
+  task loss, so the fitted (M2) models are the same with or without them."""
+  codec, variables, feats, _ = model
+  rng = np.random.default_rng(1)
+  proj = {s: jnp.asarray(rng.normal(size=(feats[s].shape[-1], 7)) * 0.3, jnp.float32)
+          for s in SCALES}
+
+  def head(f, extra=0):
+    rows = [jnp.reshape(f[s] @ proj[s], (f[s].shape[0], -1, 7)) for s in SCALES]
+    return jnp.concatenate(rows + [jnp.zeros((f["p3"].shape[0], extra, 7))], axis=1)
+
+  cells = sum(feats[s].shape[1] * feats[s].shape[2] for s in SCALES)
+  fit = lambda task_fn: mfiba.calibrate(codec, variables["params"], [feats], 40.0 ** 2, task_fn,
+                                        codec.denormalize)
+  plain, padded = fit(head), fit(lambda f: head(f, extra=4 * cells))
+  assert plain[0] is not None and len(plain[0]) == 3  # every scale fitted
+  for (s, *got), (t, *want) in zip(padded[0], plain[0]):
+    assert s == t
+    np.testing.assert_allclose(got, want, rtol=1e-4)  # float32 sums in a different order
+
+
 def test_weighted_distortion_in_the_loss():
   rng = np.random.default_rng(0)
   f = {s: jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32) for s in ("p3", "p4")}
