@@ -88,12 +88,11 @@ def demo_root(tmp_path_factory):
   from hssc_jax import train_lib
   root = tmp_path_factory.mktemp("demo")
   demo.make_data(root / "data", train_images=8, val_images=8)
-  for lm in (256.0,):
-    config = demo.train_config("base", lm, steps=4, root=root)
-    with config.unlocked():
-      config.data.cache_variants = 2
-      config.loss.mixed_fraction = 0.0  # one train-step compile; tests/test_train_lib.py covers it
-    train_lib.train_and_evaluate(config, str(root / "runs" / f"base_l{lm:g}"))
+  config = demo.train_config("base", 256.0, steps=4, root=root)
+  with config.unlocked():
+    config.data.cache_variants = 2
+    config.loss.mixed_fraction = 0.0  # one train-step compile; tests/test_train_lib.py covers it
+  train_lib.train_and_evaluate(config, str(root / "runs" / "base_l256"))
   return root
 
 
