@@ -17,6 +17,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, **DEFAULTS)
   kwargs = dict(core_channels=96, latent_channels=128, hidden_channels=128, hyper_channels=64,
                 core_stages=1, feature_stages=1, hyper_stages=2, fusion_scale="", transform="gdn",
+                ungained_core_synthesis=True,
                 context_slices=4 if arg.context else 1, context_hidden=(96, 64),
                 train_quantization="noise")
   if arg.smoke:

@@ -210,6 +210,9 @@ class FeatureCodec(RateOptions):
   # Fields that only steer the encoder's choices, which travel in the bitstream (e.g. MFIBA's
   # allocation exponent): left out of the fingerprint, so setting them keeps a model's bitstreams.
   encoder_only: ClassVar[tuple[str, ...]] = ()
+  # Decoding fields added after models were shipped, whose default is the behaviour from before
+  # they existed: hashed only when set otherwise, so the older models keep their fingerprints.
+  added_fields: ClassVar[tuple[str, ...]] = ()
   scales: Sequence[str] = ("p3", "p4", "p5")
   channels: Sequence[int] = (64, 128, 256)
   train_quantization: str = "noise"
@@ -245,11 +248,13 @@ class FeatureCodec(RateOptions):
 
   @nn.nowrap
   def decoding_config(self) -> dict[str, Any]:
-    """`module_config` with the `training_only` fields at their defaults and without the
-    `encoder_only` ones (what the fingerprint hashes)."""
+    """`module_config` with the `training_only` fields at their defaults, without the
+    `encoder_only` ones and without `added_fields` at their defaults (what the fingerprint
+    hashes)."""
     defaults = {f.name: f.default for f in dataclasses.fields(self)}
     config = dict(module_config(self), **{k: defaults[k] for k in self.training_only})
-    return {k: v for k, v in config.items() if k not in self.encoder_only}
+    return {k: v for k, v in config.items() if k not in self.encoder_only
+            and not (k in self.added_fields and v == defaults[k])}
 
   @nn.nowrap
   def fingerprint(self, params: Any, tables: Any) -> bytes:

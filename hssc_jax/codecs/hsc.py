@@ -20,6 +20,10 @@ the detector's pyramid (equation labels are this port's):
    p_s_hat = conv(FiLM(ResBlock(resample_s(t)) | GAP(y_c_hat)))                                (H6)
 ```
 
+With a quality knob (`qualities` > 0) both latents are coded times their quality's gain vector;
+(H6) sees them times the inverse gains (`ungained_core_synthesis`), so its input does not scale
+with quality.
+
 Rates are reported per level: bits "core/y", "core/z" and "feature/y".
 
 Port decisions: docs/port_notes.md, "HSC (Li et al., 2025)".
@@ -134,14 +138,19 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
     context_slices: slices of both channel-wise context models (>= 1; 1: no channel
       autoregression, the parameters come from the hyper inputs alone); context_hidden: their widths.
     transform: "gdn" or "residual" for g_c, g_f and g_f^-1.
+    ungained_core_synthesis: with a quality knob, (H6) reads the core latent divided by its
+      quality's gain (True in `configs/hsc.py`). False, the default of models trained before it,
+      feeds (H6) the gained core latent, whose scale grows 16x from quality 0 to 5.
     stages (from `CoderOptions`) is unused: core_stages and feature_stages set the strides.
   """
 
   codec_id: ClassVar[str] = "hsc"
+  added_fields: ClassVar[tuple[str, ...]] = ("ungained_core_synthesis",)
   core_channels: int = 96
   core_stages: int = 1
   feature_stages: int = 1
   fusion_scale: str = ""
+  ungained_core_synthesis: bool = False
   # `CoderOptions` defaults that HSC changes
   hyper_channels: int = 64
   context_slices: int = 4
@@ -242,6 +251,9 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
     """(H6): both decoded latents -> pyramid with (H, W) `sizes` per scale."""
     hf, wf = sizes[self.fusion_index]
     t = self.g_f_inv(self._feature_gain(feature_hat, inverse=True))[:, :hf, :wf, :]
+    # Both latents leave their quality's gain domain before synthesis (see ungained_core_synthesis).
+    if self.ungained_core_synthesis:
+      core_hat = self.core.apply_gain(core_hat, inverse=True)
     c = self.core_in(core_hat)
     f = 2 ** self.core_levels
     c = fit_to(jax.image.resize(c, (c.shape[0], c.shape[1] * f, c.shape[2] * f, c.shape[3]),

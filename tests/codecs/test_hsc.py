@@ -137,6 +137,33 @@ def test_four_scales_p2_to_p5_with_odd_sizes():
   assert c.shapes["core/y"] == (1, 4, 4, 16)      # p5 5x6 padded to 8x8, one stride-2 stage
 
 
+def test_variable_rate_synthesis_reads_the_core_latent_out_of_its_gain_domain():
+  # Latents of quality q are the quality-free latents times q's gain vectors; at init the inverse
+  # gains invert them exactly, so with ungained_core_synthesis every quality decodes them alike.
+  feats = checks.pyramid()
+  sizes = tuple(tuple(feats[s].shape[1:3]) for s in ("p3", "p4", "p5"))
+  rng = np.random.default_rng(5)
+  y_f = rng.normal(size=(1, 10, 10, SMALL["latent_channels"])).astype(np.float32)
+  y_c = rng.normal(size=(1, 8, 8, SMALL["core_channels"])).astype(np.float32)
+  params = checks.init(HSCCodec(**SMALL, qualities=6), feats)["params"]  # same for both settings
+  for ungained in (True, False):
+    codec = HSCCodec(**SMALL, qualities=6, ungained_core_synthesis=ungained)
+    out = []
+    for q in (0, 5):
+      g_f, g_c = np.exp(params["feature_gain"][q]), np.exp(params["core"]["gain"][q])
+      out.append(codec.clone(quality=q).apply({"params": params}, y_f * g_f, y_c * g_c, sizes,
+                                              method="synthesize"))
+    same = all(np.allclose(out[0][s], out[1][s], atol=1e-5) for s in out[0])
+    assert same == ungained, (ungained,
+                              {s: float(np.abs(out[0][s] - out[1][s]).max()) for s in out[0]})
+  assert hsc_config.get_config().codec.kwargs.ungained_core_synthesis
+  # Decoding depends on the field, so the fingerprint binds it; at its default (the behaviour of
+  # models trained before it) it is left out, so those keep their fingerprints.
+  old, new = HSCCodec(**SMALL), HSCCodec(**SMALL, ungained_core_synthesis=True)
+  assert "ungained_core_synthesis" not in old.decoding_config()
+  assert new.decoding_config() == dict(old.decoding_config(), ungained_core_synthesis=True)
+
+
 def test_config_errors():
   feats = checks.pyramid()
   with pytest.raises(errors.ConfigError, match="fusion_scale"):
