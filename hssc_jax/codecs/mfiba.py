@@ -133,7 +133,8 @@ class MFIBACodec(HyperpriorCodec):
     importance_exponent: alpha in (M4) during training; 0 turns the per-image allocation off.
     encode_exponent: alpha at encode time (None: `importance_exponent`), a post-training choice
       like the fitted models: it scales MFIP's log importance in (M4) and weights (M3) by w^alpha.
-    allocation_models: the fitted (M2) and rate-gain models per quality (`calibrate`), or None.
+    allocation_models: the fitted (M2) models and measured rate-gain curves per quality
+      (`calibrate`), or None.
 
   `__call__(features, training)` returns features_hat, bits ("<scale>/y|z"), importance (N, S),
   gains (N, S), gain_indexes (N, S) and distortion_weights {scale: (N,)} (the stop-gradient
@@ -166,7 +167,12 @@ class MFIBACodec(HyperpriorCodec):
     for entry in self.allocation_models or ():
       for row in entry or ():
         if len(row) != 6 or row[0] not in self.scales:
-          raise errors.ConfigError(f"allocation_models rows are (scale, a, b, c, p, q), got {row}")
+          raise errors.ConfigError("allocation_models rows are (scale, a, b, c, p, q) or (scale, a, "
+                                   f"b, c, gains, rates), got {row}")
+        try:
+          rate_gain_model(row[4], row[5])
+        except errors.InvalidInputError as e:
+          raise errors.ConfigError(f"allocation_models row of {row[0]!r}: {e}") from e
 
   @property
   def gains(self) -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +269,7 @@ class MFIBACodec(HyperpriorCodec):
   def compress_with_gains(self, params: Any, tables: Any, features: base.Pyramid,
                           image_size: Sequence[int], gains: Mapping[str, float]) -> bytes:
     """Host: `compress` with per-scale gains chosen outside the model (e.g. by `allocate` and
-    `RateGainModel.gain`) instead of MFIP's; they are rounded to the table and sent as usual."""
+    `RateGainCurve.gain`) instead of MFIP's; they are rounded to the table and sent as usual."""
     return self.compress(params, tables, features, image_size, gains=gains)
 
   @nn.nowrap
@@ -297,23 +303,28 @@ class MFIBACodec(HyperpriorCodec):
     entry = self.allocation_models[q] if q < len(self.allocation_models) else None
     if not entry:
       return None
-    return {s: (TaskRateModel(a, b, c), RateGainModel(p, rq)) for s, a, b, c, p, rq in entry}
+    return {s: (TaskRateModel(a, b, c), rate_gain_model(p, rq)) for s, a, b, c, p, rq in entry}
 
   @nn.nowrap
   def choose_indexes(self, importance: np.ndarray, idx: np.ndarray) -> list[int]:
     """Encode-time allocation of one image: with fitted models, (M3) splits the rate MFIP's own
-    gains would spend (the budget, from the rate-gain models) across scales by task loss-rate
-    models weighted by w^alpha (`alpha`) and turns each scale's rate into its gain; else MFIP's
-    gains (M4)."""
+    gains would spend (the budget, from the rate-gain curves) across scales by task loss-rate
+    models weighted by w^alpha (`alpha`), no scale below its rate at the lowest gain, and turns
+    each scale's rate into its gain; else MFIP's gains (M4)."""
     models = self.fitted_models()
     if models is None:
       return [int(i) for i in idx]
     table = self.gains[0]
     budget = sum(float(models[s][1](table[i])) for s, i in zip(self.scales, idx))
-    rates = allocate({s: models[s][0] for s in self.scales},
+    # Each scale costs at least its rate at the lowest gain (side information, an all-zero y):
+    # (M3) splits what the budget leaves above these floors, on (M2) shifted to start there.
+    floor = {s: float(m(1 / self.gain_range)) if isinstance(m, RateGainCurve) else 0.0
+             for s, (_, m) in models.items()}  # a line (older files) has no floor: as before
+    above = allocate({s: TaskRateModel(m.a * float(np.exp(-m.b * floor[s])), m.b, m.c)
+                      for s, (m, _) in models.items()},
                      {s: float(w) ** self.alpha for s, w in zip(self.scales, importance)},
-                     max(budget, 0.0))
-    gains = {s: models[s][1].gain(rates[s], self.gain_range) for s in self.scales}
+                     max(budget - sum(floor.values()), 0.0))
+    gains = {s: models[s][1].gain(floor[s] + above[s], self.gain_range) for s in self.scales}
     return self.gain_indexes(gains)
 
   @nn.nowrap
@@ -443,8 +454,8 @@ def allocate(models: Mapping[str, TaskRateModel], importance: Mapping[str, float
 @dataclasses.dataclass(frozen=True)
 class RateGainModel:
   """Rate of one scale against its quantization gain: R(g) = p + q * log2(g) (high-rate theory:
-  doubling the gain adds about one bit per latent element). The port's "rate -> codec parameter"
-  mapping, turning `allocate`'s rates into gains for `MFIBACodec.compress_with_gains`."""
+  doubling the gain adds about one bit per latent element). The rate -> gain mapping of models
+  calibrated before `RateGainCurve`, which replaced it (this line misses the low-rate floor)."""
 
   p: float
   q: float
@@ -468,9 +479,60 @@ def fit_rate_gain_model(gains: Any, rates: Any) -> RateGainModel:
   return RateGainModel(float(p), float(q))
 
 
+@dataclasses.dataclass(frozen=True)
+class RateGainCurve:
+  """Rate of one scale against its gain, measured at a few gains and interpolated linearly in
+  (log2 g, log R): a piecewise power law, exact at the measured gains, clipped flat outside them.
+
+  The straight line of `RateGainModel` misses the convex shape of the measured curve (a floor of
+  side information where y is nearly empty, then about one bit per element per doubling): fitted
+  over [1/4, 4] it overstated the zoo MFIBA's rates at gain 1 by 2.4-4.7x at quality 0 (1.1-1.6x
+  at quality 2), so the budget of (M3) was that much too large at the low qualities.
+  """
+
+  gains: tuple[float, ...]
+  rates: tuple[float, ...]
+
+  def __post_init__(self):
+    g, r = _points(self.gains, self.rates, "RateGainCurve", 2)
+    if np.any(g <= 0) or np.any(r <= 0) or np.any(np.diff(g) <= 0):
+      raise errors.InvalidInputError("a rate-gain curve needs increasing positive gains and "
+                                     "positive rates")
+    if r[-1] <= r[0]:
+      raise errors.InvalidInputError("rate does not grow with the gain")
+
+  @property
+  def _log(self) -> tuple[np.ndarray, np.ndarray]:
+    r = np.maximum.accumulate(np.asarray(self.rates, np.float64))  # non-decreasing
+    return np.log2(np.asarray(self.gains, np.float64)), np.log(r)
+
+  def __call__(self, gain: Any) -> np.ndarray:
+    lg, lr = self._log
+    return np.exp(np.interp(np.log2(np.asarray(gain, np.float64)), lg, lr))
+
+  def gain(self, rate: float, gain_range: float | None = None) -> float:
+    """The largest gain whose rate is at most `rate` (on a flat stretch more gain costs nothing)."""
+    lg, lr = self._log
+    keep = np.append(lr[1:] > lr[:-1], True)  # the last gain of each flat stretch
+    lg, lr = lg[keep], lr[keep]
+    g = float(2.0 ** np.interp(np.log(max(float(rate), 1e-30)), lr, lg))
+    return g if gain_range is None else float(np.clip(g, 1 / gain_range, gain_range))
+
+
+def rate_gain_model(p: Any, q: Any) -> RateGainModel | RateGainCurve:
+  """The rate-gain model of an `allocation_models` row: a measured curve (gains, rates), or the
+  straight line (p, q) of models calibrated before the curve (kept so their files still load)."""
+  if np.ndim(p) == 0 and np.ndim(q) == 0:
+    if not (np.isfinite(float(p)) and np.isfinite(float(q)) and float(q) > 0):
+      raise errors.InvalidInputError(f"a rate-gain line needs a finite slope > 0, got {p}, {q}")
+    return RateGainModel(float(p), float(q))
+  return RateGainCurve(tuple(float(x) for x in p), tuple(float(x) for x in q))
+
+
 def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], pixels: float,
               task_fn: Any, denormalize: Any, gains: Sequence[float] | None = None) -> tuple:
-  """Fits (M2) and the rate-gain model of every scale, for every quality, on training features.
+  """Fits (M2) and measures the rate-gain curve of every scale, for every quality, on training
+  features.
 
   For each quality, batch (normalized features), scale s and gain g of `gains` (default 5 values
   spread over [1/G, G]), scale s is coded at g (the others at MFIP's gains) and its rate and the
@@ -478,11 +540,13 @@ def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], p
   detections s feeds (`loss.task_distortion` over the head outputs that decoding s changes), so a
   scale is not weighted by its number of head cells (P3 has 16x P5's): with the loss over all
   outputs, (M3) moved bits to P3 that cost P4 more accuracy than P3 gained. Returns
-  the `allocation_models` field: one tuple of (scale, a, b, c, p, q) rows per quality, or None
-  for a quality whose points cannot be fitted (then `choose_indexes` keeps MFIP's gains).
-  """
+  the `allocation_models` field: one tuple of (scale, a, b, c, gains, rates) rows per quality
+  (the measured `RateGainCurve`), or None for a quality whose points cannot be fitted (then
+  `choose_indexes` keeps MFIP's gains)."""
   from hssc_jax.training import loss as loss_lib  # pylint: disable=g-import-not-at-top
-  grid = list(gains or np.geomspace(1 / codec.gain_range, codec.gain_range, 5))
+  if gains is None:
+    gains = np.geomspace(1 / codec.gain_range, codec.gain_range, 5)
+  grid = sorted(float(g) for g in gains)
   g_idx = {g: codec.gain_indexes({t: g for t in codec.scales})[0] for g in grid}  # table index
   out = []
   for q in range(max(int(codec.qualities), 1)):
@@ -512,10 +576,11 @@ def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], p
       for s in codec.scales:
         r = [np.mean(rates[s][g]) for g in grid]
         t = [np.mean(tasks[s][g]) for g in grid]
-        tr, rg = fit_rate_task_model(r, t), fit_rate_gain_model(grid, r)
+        tr = fit_rate_task_model(r, t)
+        curve = RateGainCurve(tuple(float(g) for g in grid), tuple(float(x) for x in r))
         if tr.b <= 0 or tr.a <= 0:
           raise errors.InvalidInputError(f"task loss of {s} does not fall with rate")
-        rows.append((s, tr.a, tr.b, tr.c, rg.p, rg.q))
+        rows.append((s, tr.a, tr.b, tr.c, curve.gains, curve.rates))
       out.append(tuple(rows))
     except errors.InvalidInputError:
       out.append(None)
