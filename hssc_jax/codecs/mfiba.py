@@ -167,8 +167,8 @@ class MFIBACodec(HyperpriorCodec):
     for entry in self.allocation_models or ():
       for row in entry or ():
         if len(row) != 6 or row[0] not in self.scales:
-          raise errors.ConfigError("allocation_models rows are (scale, a, b, c, p, q) or (scale, a, "
-                                   f"b, c, gains, rates), got {row}")
+          raise errors.ConfigError("allocation_models rows are (scale, a, b, c, p, q) or "
+                                   f"(scale, a, b, c, gains, rates), got {row}")
         try:
           rate_gain_model(row[4], row[5])
         except errors.InvalidInputError as e:
@@ -486,7 +486,7 @@ class RateGainCurve:
 
   The straight line of `RateGainModel` misses the convex shape of the measured curve (a floor of
   side information where y is nearly empty, then about one bit per element per doubling): fitted
-  over [1/4, 4] it overstated the zoo MFIBA's rates at gain 1 by 2.4-4.7x at quality 0 (1.1-1.6x
+  over [1/4, 4] it overstated the zoo MFIBA's rates at gain 1 by 2.3-4.7x at quality 0 (1.1-1.6x
   at quality 2), so the budget of (M3) was that much too large at the low qualities.
   """
 

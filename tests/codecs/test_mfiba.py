@@ -258,7 +258,11 @@ def test_config_errors():
                     (dict(importance_exponent=-1.0), "importance_exponent"),
                     (dict(mfip_channels=0), "mfip_channels"),
                     (dict(train_quantization="dither"), "train_quantization"),
-                    (dict(channels=(16, 32)), "channel counts")):
+                    (dict(channels=(16, 32)), "channel counts"),
+                    (dict(allocation_models=((("p3", 1.0, 1.0, 0.0, (1.0, 0.5), (0.1, 0.2)),),)),
+                     "allocation_models row of 'p3'"),
+                    (dict(allocation_models=((("p3", 1.0, 1.0, 0.0, 0.1, -0.2),),)),
+                     "allocation_models row of 'p3'")):
     with pytest.raises(errors.ConfigError, match=match):
       checks.init(MFIBACodec(**{**SMALL, **kw}), feats)
 
