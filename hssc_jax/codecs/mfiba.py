@@ -522,11 +522,16 @@ class RateGainCurve:
 def rate_gain_model(p: Any, q: Any) -> RateGainModel | RateGainCurve:
   """The rate-gain model of an `allocation_models` row: a measured curve (gains, rates), or the
   straight line (p, q) of models calibrated before the curve (kept so their files still load)."""
-  if np.ndim(p) == 0 and np.ndim(q) == 0:
-    if not (np.isfinite(float(p)) and np.isfinite(float(q)) and float(q) > 0):
-      raise errors.InvalidInputError(f"a rate-gain line needs a finite slope > 0, got {p}, {q}")
-    return RateGainModel(float(p), float(q))
-  return RateGainCurve(tuple(float(x) for x in p), tuple(float(x) for x in q))
+  try:
+    if np.ndim(p) == 0 and np.ndim(q) == 0:
+      p, q = float(p), float(q)
+      if not (np.isfinite(p) and np.isfinite(q) and q > 0):
+        raise errors.InvalidInputError(f"a rate-gain line needs a finite slope > 0, got {p}, {q}")
+      return RateGainModel(p, q)
+    return RateGainCurve(tuple(float(x) for x in p), tuple(float(x) for x in q))
+  except (TypeError, ValueError) as e:
+    raise errors.InvalidInputError(f"a rate-gain model is a line (p, q) or a curve (gains, "
+                                   f"rates) of numbers, got {p!r}, {q!r}") from e
 
 
 def calibrate(codec: MFIBACodec, params: Any, batches: Sequence[base.Pyramid], pixels: float,

@@ -262,6 +262,10 @@ def test_config_errors():
                     (dict(allocation_models=((("p3", 1.0, 1.0, 0.0, (1.0, 0.5), (0.1, 0.2)),),)),
                      "allocation_models row of 'p3'"),
                     (dict(allocation_models=((("p3", 1.0, 1.0, 0.0, 0.1, -0.2),),)),
+                     "allocation_models row of 'p3'"),
+                    (dict(allocation_models=((("p3", 1.0, 1.0, 0.0, (0.5, 1.0), 0.2),),)),
+                     "allocation_models row of 'p3'"),
+                    (dict(allocation_models=((("p3", 1.0, 1.0, 0.0, "p", "q"),),)),
                      "allocation_models row of 'p3'")):
     with pytest.raises(errors.ConfigError, match=match):
       checks.init(MFIBACodec(**{**SMALL, **kw}), feats)
