@@ -318,8 +318,7 @@ class MFIBACodec(HyperpriorCodec):
     budget = sum(float(models[s][1](table[i])) for s, i in zip(self.scales, idx))
     # Each scale costs at least its rate at the lowest gain (side information, an all-zero y):
     # (M3) splits what the budget leaves above these floors, on (M2) shifted to start there.
-    floor = {s: float(m(1 / self.gain_range)) if isinstance(m, RateGainCurve) else 0.0
-             for s, (_, m) in models.items()}  # a line (older files) has no floor: as before
+    floor = {s: m.floor(self.gain_range) for s, (_, m) in models.items()}
     above = allocate({s: TaskRateModel(m.a * float(np.exp(-m.b * floor[s])), m.b, m.c)
                       for s, (m, _) in models.items()},
                      {s: float(w) ** self.alpha for s, w in zip(self.scales, importance)},
@@ -463,6 +462,11 @@ class RateGainModel:
   def __call__(self, gain: Any) -> np.ndarray:
     return self.p + self.q * np.log2(np.asarray(gain, np.float64))
 
+  def floor(self, gain_range: float) -> float:  # pylint: disable=unused-argument
+    """No floor: the line goes below zero at low gains, and the files that hold one keep the
+    allocation they were chosen with."""
+    return 0.0
+
   def gain(self, rate: float, gain_range: float | None = None) -> float:
     g = float(2.0 ** ((rate - self.p) / self.q))
     return g if gain_range is None else float(np.clip(g, 1 / gain_range, gain_range))
@@ -509,6 +513,10 @@ class RateGainCurve:
   def __call__(self, gain: Any) -> np.ndarray:
     lg, lr = self._log
     return np.exp(np.interp(np.log2(np.asarray(gain, np.float64)), lg, lr))
+
+  def floor(self, gain_range: float) -> float:
+    """The rate at the lowest gain 1/gain_range: side information and a (nearly) all-zero y."""
+    return float(self(1 / gain_range))
 
   def gain(self, rate: float, gain_range: float | None = None) -> float:
     """The largest gain whose rate is at most `rate` (on a flat stretch more gain costs nothing)."""
