@@ -150,3 +150,14 @@ def test_pack_train_finish_end_to_end(tmp_path, shared):
            for i, (s, c) in enumerate(zip(info["scales"], info["channels"]))}
   back = model.decompress(model.compress(feats, image_size=(640, 640)))
   assert {s: v.shape for s, v in back.items()} == {s: v.shape for s, v in feats.items()}
+
+
+def test_step_count_fits_the_share_and_drops_a_mixed_phase_its_compile_would_outlast():
+  # 100 s left at 10 steps/s, compiles of 5 s: the mixed phase (15%, ~14 s) pays for its compile
+  steps, mixed = gpu_sweep.fit_steps(21, 10.0, 100.0, 5.0, 0.15, 10**6)
+  assert mixed and steps == 21 + int(10 * 95 * 0.95)
+  # compiles of 40 s (as on the H200): 15% of 60 s is shorter than the compile, so no mixed phase
+  steps, mixed = gpu_sweep.fit_steps(21, 10.0, 100.0, 40.0, 0.15, 10**6)
+  assert not mixed and steps == 21 + int(10 * 100 * 0.95)
+  assert gpu_sweep.fit_steps(21, 10.0, -3.0, 40.0, 0.15, 10**6) == (22, False)  # share spent
+  assert gpu_sweep.fit_steps(21, 10.0, 100.0, 5.0, 0.0, 50) == (50, False)  # max_steps caps
