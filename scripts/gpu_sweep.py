@@ -3,6 +3,8 @@ r"""Trains the whole zoo sweep on one accelerator, without TensorFlow, TFDS, ml-
   python scripts/gpu_sweep.py pack runs/gpu_bundle              # here: images, detector, configs
   python scripts/gpu_sweep.py train runs/gpu_bundle OUT --minutes 7   # on the GPU machine
   python scripts/gpu_sweep.py finish OUT [--install]            # here: join, check, (install)
+  python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base mfiba --init-from hssc_jax/assets/zoo
+                                                                # fine-tune zoo models instead
 
 `pack` (full stack) writes the bundle, under 60 MB: the training images of the recipe
 (`configs/common.py` data.sources: coco-mini and coco-tiny train2017), each resized so its long side
@@ -278,8 +280,10 @@ def fit_steps(done: int, rate: float, left_s: float, compile_s: float, mixed_fra
 
 def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, canvases: Any,
                  manifest: Mapping[str, Any], seconds: float, max_steps: int,
-                 warm: tuple[dict, Any] | None, out: Path, log=print) -> tuple[dict, Any]:
-  """Trains one method within `seconds` (at most `max_steps` steps) and writes its zoo file."""
+                 warm: tuple[dict, Any] | None, out: Path, log=print, warm_from: str = ""
+                 ) -> tuple[dict, Any]:
+  """Trains one method within `seconds` (at most `max_steps` steps), from `warm` (header with
+  "codec_kwargs", parameters; named `warm_from`) if given, and writes its zoo file."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -317,7 +321,7 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
   params = jax.jit(init)(rng, feats0)
   if warm is not None:
     params, copied, total = train_lib.overlay_params(params, warm[1], skip_mismatched=True)
-    log(f"{name}: initialised {copied} of {total} parameter arrays from the sweep's earlier model")
+    log(f"{name}: initialised {copied} of {total} parameter arrays from {warm_from}")
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   task_weight = float(loss["task_weight"])
   task_fn = (lambda f: factory.task_outputs(det, det_vars, f)) if task_weight > 0 else None
@@ -389,7 +393,8 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
                          lambda f: factory.task_outputs(det, host_vars, f)))
   zoo.save(name, cfg["codec"]["name"], kwargs, scales, channels, params, out,
            detector=manifest["detector"]["identity"], lmbdas=list(lmbdas), steps=done,
-           mixed_steps=int(round(mixed_fraction * done)), final_metrics=final)
+           mixed_steps=int(round(mixed_fraction * done)), init_from=warm_from,
+           final_metrics=final)
   split_large(zoo.path_of(name, out))
   log(f"{name}: {done} steps in {final['seconds']:.0f} s -> {zoo.path_of(name, out)}")
   return {"codec_kwargs": json.loads(json.dumps(kwargs, default=list))}, params
@@ -425,11 +430,32 @@ def join_parts(folder: Path) -> list[Path]:
   return joined
 
 
+def read_init(folder: Path, name: str, codec: str, detector: Any) -> tuple[dict, Any] | None:
+  """(header, float32 parameters) of the zoo file of `name` in `folder`, or None if it has none;
+  BundleError for a damaged file or one of another codec or detector."""
+  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+  path = zoo.path_of(name, folder)
+  if not path.exists():
+    return None
+  try:
+    info, params = zoo.read(path)
+  except zoo.ZooError as e:
+    raise BundleError(f"--init-from: {e}") from e
+  where = lambda d: {k: v for k, v in (d or {}).items() if k != "weights"}  # a path, not the weights
+  if info.get("codec") != codec or where(info.get("detector")) != where(detector):
+    raise BundleError(f"--init-from: {path} is a {info.get('codec')!r} codec for detector "
+                      f"{info.get('detector')!r}; the sweep trains {codec!r} for {detector!r}")
+  return info, params
+
+
 def train(bundle: Path, out: Path, methods: Sequence[str] | None, minutes: float,
-          max_steps: int) -> None:
-  """Trains `methods` (None: every method of the bundle, warm-start sources first) in order."""
+          max_steps: int, init_from: Path | None = None) -> None:
+  """Trains `methods` (None: every method of the bundle, warm-start sources first) in order, each
+  from its zoo file in `init_from` where that holds one (a fine-tune), else from the sweep's model
+  it starts from (`WARM_FROM`), else from scratch."""
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
   from hssc_jax.detectors.yolov5 import YOLOv5  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   manifest, canvases, det_bytes = read_bundle(bundle)
@@ -438,6 +464,12 @@ def train(bundle: Path, out: Path, methods: Sequence[str] | None, minutes: float
   if unknown:
     raise BundleError(f"the bundle has no config for {unknown}; it has {list(manifest['methods'])}")
   info = manifest["detector"]
+  inits = {}  # checked before any training: a bad file fails now, not minutes into the sweep
+  if init_from is not None:
+    inits = {m: read_init(init_from, m, manifest["methods"][m]["codec"]["name"], info["identity"])
+             for m in methods}
+    if not any(inits.values()):
+      raise BundleError(f"--init-from {init_from}: no zoo file of {methods} there")
   det = YOLOv5(size=info["size"], img_size=int(info["img_size"]))
   template = jax.eval_shape(det.init, jax.random.PRNGKey(0))
   try:
@@ -454,11 +486,14 @@ def train(bundle: Path, out: Path, methods: Sequence[str] | None, minutes: float
   trained = {}
   for i, name in enumerate(methods):
     share = (minutes * 60 - (time.time() - t0)) / (len(methods) - i)
-    source = WARM_FROM.get(name)
-    warm = trained.get(source) if source else None
-    trained[name] = train_method(name, manifest["methods"][name], det, det_vars, canvases,
-                                 manifest, share, max_steps, warm, out,
-                                 log=lambda s: print(s, flush=True))
+    cfg = manifest["methods"][name]
+    warm = inits.get(name)
+    warm_from = str(zoo.path_of(name, init_from)) if warm is not None else ""
+    if warm is None and name in WARM_FROM and WARM_FROM[name] in trained:
+      warm, warm_from = trained[WARM_FROM[name]], f"the sweep's {WARM_FROM[name]}"
+    trained[name] = train_method(name, cfg, det, det_vars, canvases, manifest, share, max_steps,
+                                 warm, out, log=lambda s: print(s, flush=True),
+                                 warm_from=warm_from)
   print(f"sweep done in {(time.time() - t0) / 60:.1f} min: {sorted(p.name for p in out.iterdir())}")
 
 
@@ -495,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   t.add_argument("--methods", nargs="+", default=None)
   t.add_argument("--minutes", type=float, default=7.0)
   t.add_argument("--max-steps", type=int, default=1_000_000)
+  t.add_argument("--init-from", type=Path, default=None,
+                 help="a zoo folder (e.g. hssc_jax/assets/zoo): fine-tune each method from its file")
   f = sub.add_parser("finish")
   f.add_argument("out", type=Path)
   f.add_argument("--install", action="store_true")
@@ -502,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.command == "pack":
     pack(args.bundle, args.methods, args.limit)
   elif args.command == "train":
-    train(args.bundle, args.out, args.methods, args.minutes, args.max_steps)
+    train(args.bundle, args.out, args.methods, args.minutes, args.max_steps, args.init_from)
   else:
     finish(args.out, args.install)
 

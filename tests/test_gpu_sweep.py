@@ -161,3 +161,23 @@ def test_step_count_fits_the_share_and_drops_a_mixed_phase_its_compile_would_out
   assert not mixed and steps == 21 + int(10 * 100 * 0.95)
   assert gpu_sweep.fit_steps(21, 10.0, -3.0, 40.0, 0.15, 10**6) == (22, False)  # share spent
   assert gpu_sweep.fit_steps(21, 10.0, 100.0, 5.0, 0.0, 50) == (50, False)  # max_steps caps
+
+
+def test_init_from_reads_a_zoo_file_and_refuses_another_codec_or_detector(tmp_path):
+  import shutil
+  from hssc_jax import zoo
+  shutil.copy(zoo.path_of("base"), tmp_path)
+  ident = zoo.read_info(zoo.path_of("base"))["detector"]
+  assert gpu_sweep.read_init(tmp_path, "lmfc", "lmfc", ident) is None  # no file: not a fine-tune
+  moved = dict(ident, weights="/elsewhere/w.pt")  # the same weights at another path
+  info, params = gpu_sweep.read_init(tmp_path, "base", "hyperprior", moved)
+  assert info["codec"] == "hyperprior" and info["steps"] > 0
+  assert all(a.dtype == np.float32 for a in jax.tree.leaves(params))
+  with pytest.raises(gpu_sweep.BundleError, match="'hyperprior' codec"):
+    gpu_sweep.read_init(tmp_path, "base", "mfiba", ident)
+  with pytest.raises(gpu_sweep.BundleError, match="for detector"):
+    gpu_sweep.read_init(tmp_path, "base", "hyperprior", dict(ident, weights_sha="0" * 16))
+  path = zoo.path_of("base", tmp_path)
+  path.write_bytes(path.read_bytes()[:-10])
+  with pytest.raises(gpu_sweep.BundleError, match="--init-from.*truncated"):
+    gpu_sweep.read_init(tmp_path, "base", "hyperprior", ident)
