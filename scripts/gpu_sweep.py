@@ -393,7 +393,7 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
                          lambda f: factory.task_outputs(det, host_vars, f)))
   zoo.save(name, cfg["codec"]["name"], kwargs, scales, channels, params, out,
            detector=manifest["detector"]["identity"], lmbdas=list(lmbdas), steps=done,
-           mixed_steps=int(round(mixed_fraction * done)), init_from=warm_from,
+           mixed_steps=int(round(mixed_fraction * done)), init_from=warm_from, batch_size=batch,
            final_metrics=final)
   split_large(zoo.path_of(name, out))
   log(f"{name}: {done} steps in {final['seconds']:.0f} s -> {zoo.path_of(name, out)}")
@@ -449,10 +449,10 @@ def read_init(folder: Path, name: str, codec: str, detector: Any) -> tuple[dict,
 
 
 def train(bundle: Path, out: Path, methods: Sequence[str] | None, minutes: float,
-          max_steps: int, init_from: Path | None = None) -> None:
+          max_steps: int, init_from: Path | None = None, batch_size: int | None = None) -> None:
   """Trains `methods` (None: every method of the bundle, warm-start sources first) in order, each
   from its zoo file in `init_from` where that holds one (a fine-tune), else from the sweep's model
-  it starts from (`WARM_FROM`), else from scratch."""
+  it starts from (`WARM_FROM`), else from scratch; `batch_size` replaces the configs' batch."""
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
@@ -487,6 +487,8 @@ def train(bundle: Path, out: Path, methods: Sequence[str] | None, minutes: float
   for i, name in enumerate(methods):
     share = (minutes * 60 - (time.time() - t0)) / (len(methods) - i)
     cfg = manifest["methods"][name]
+    if batch_size is not None:
+      cfg = dict(cfg, data=dict(cfg["data"], batch_size=int(batch_size)))
     warm = inits.get(name)
     warm_from = str(zoo.path_of(name, init_from)) if warm is not None else ""
     if warm is None and name in WARM_FROM and WARM_FROM[name] in trained:
@@ -532,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   t.add_argument("--max-steps", type=int, default=1_000_000)
   t.add_argument("--init-from", type=Path, default=None,
                  help="a zoo folder (e.g. hssc_jax/assets/zoo): fine-tune each method from its file")
+  t.add_argument("--batch-size", type=int, default=None,
+                 help="crops per step instead of the configs' (a GPU idles at their 8)")
   f = sub.add_parser("finish")
   f.add_argument("out", type=Path)
   f.add_argument("--install", action="store_true")
@@ -539,7 +543,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.command == "pack":
     pack(args.bundle, args.methods, args.limit)
   elif args.command == "train":
-    train(args.bundle, args.out, args.methods, args.minutes, args.max_steps, args.init_from)
+    if args.batch_size is not None and args.batch_size < 1:
+      ap.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    train(args.bundle, args.out, args.methods, args.minutes, args.max_steps, args.init_from,
+          args.batch_size)
   else:
     finish(args.out, args.install)
 
