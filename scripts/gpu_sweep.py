@@ -3,8 +3,8 @@ r"""Trains the whole zoo sweep on one accelerator, without TensorFlow, TFDS, ml-
   python scripts/gpu_sweep.py pack runs/gpu_bundle              # here: images, detector, configs
   python scripts/gpu_sweep.py train runs/gpu_bundle OUT --minutes 7   # on the GPU machine
   python scripts/gpu_sweep.py finish OUT [--install]            # here: join, check, (install)
-  python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base mfiba --init-from hssc_jax/assets/zoo
-                                                                # fine-tune zoo models instead
+  python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base mfiba \
+      --init-from hssc_jax/assets/zoo                           # or fine-tune zoo models there
 
 `pack` (full stack) writes the bundle, under 60 MB: the training images of the recipe
 (`configs/common.py` data.sources: coco-mini and coco-tiny train2017), each resized so its long side
@@ -359,7 +359,7 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
     if done == 1:
       jax.block_until_ready(metrics)
       compile_s = time.time() - t0
-    if done == 21:  # fit the step count to the time share, leaving a compile for the mixed phase
+    if done == 21:  # fit the step count to the time share (`fit_steps`)
       jax.block_until_ready(metrics)
       rate = 20 / max(time.time() - t0 - compile_s, 1e-6)
       steps, keep_mixed = fit_steps(done, rate, seconds - (time.time() - t0), compile_s,
@@ -441,7 +441,7 @@ def read_init(folder: Path, name: str, codec: str, detector: Any) -> tuple[dict,
     info, params = zoo.read(path)
   except zoo.ZooError as e:
     raise BundleError(f"--init-from: {e}") from e
-  where = lambda d: {k: v for k, v in (d or {}).items() if k != "weights"}  # a path, not the weights
+  where = lambda d: {k: v for k, v in (d or {}).items() if k != "weights"}  # a path, not weights
   if info.get("codec") != codec or where(info.get("detector")) != where(detector):
     raise BundleError(f"--init-from: {path} is a {info.get('codec')!r} codec for detector "
                       f"{info.get('detector')!r}; the sweep trains {codec!r} for {detector!r}")
@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   t.add_argument("--minutes", type=float, default=7.0)
   t.add_argument("--max-steps", type=int, default=1_000_000)
   t.add_argument("--init-from", type=Path, default=None,
-                 help="a zoo folder (e.g. hssc_jax/assets/zoo): fine-tune each method from its file")
+                 help="a zoo folder (hssc_jax/assets/zoo): fine-tune each method from its file")
   t.add_argument("--batch-size", type=int, default=None,
                  help="crops per step instead of the configs' (a GPU idles at their 8)")
   f = sub.add_parser("finish")
