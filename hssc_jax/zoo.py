@@ -108,18 +108,18 @@ def export(workdir: str | Path, name: str, folder: str | Path | None = None) -> 
 
 
 def save(name: str, codec_name: str, codec_kwargs: Mapping[str, Any], scales: Sequence[str],
-         channels: Sequence[int], params: Any, folder: str | Path | None = None, **info: Any
-         ) -> Path:
+         channels: Sequence[int], params: Any, folder: str | Path | None = None,
+         tables: Any = None, **info: Any) -> Path:
   """Writes a codec (registry name and options, parameters) as zoo model `name`: float16
-  parameters, the compact header, the fingerprint of every quality. `info` adds header fields
-  (detector, lmbdas, steps, final_metrics)."""
+  parameters, its CDF tables (`tables`, else built here), the compact header, the fingerprint of
+  every quality. `info` adds header fields (detector, lmbdas, steps, final_metrics)."""
   codec_kwargs = json.loads(json.dumps(dict(codec_kwargs, header="compact")))
   head = {"name": name, "codec": codec_name, "codec_kwargs": codec_kwargs,
           "scales": list(scales), "channels": [int(c) for c in channels], "detector": {},
           "lmbdas": [], "steps": 0, "final_metrics": {}, **info}
   codec = _build(head)
   params = _to_float32(_to_float16(params))  # what loading will see
-  tables = jax.tree.map(np.asarray, codec.build_tables(params))
+  tables = jax.tree.map(np.asarray, codec.build_tables(params) if tables is None else tables)
   packed = zlib.compress(flax.serialization.msgpack_serialize(tables), 9)
   payload = packed + flax.serialization.msgpack_serialize(_to_float16(params))
   head.update(payload_sha256=hashlib.sha256(payload).hexdigest(), tables_bytes=len(packed),
@@ -137,21 +137,41 @@ def upgrade(path: str | Path) -> Path:
   """Rewrites a zoo file in place in the current version (a version-1 file gains its tables),
   tables built and fingerprints recomputed by this library on this machine; the parameters stay
   as they are. For a file whose fingerprints a library change moved (a re-export, no retraining)."""
-  return resave(path)
+  return resave(path, rebuild_tables=True)
 
 
 def resave(path: str | Path, folder: str | Path | None = None, name: str | None = None,
-           **codec_options: Any) -> Path:
+           rebuild_tables: bool = False, **codec_options: Any) -> Path:
   """Writes zoo file `path` again, its parameters and header info as they are and
   `codec_options` merged into its codec options (e.g. MFIBA's fitted models or encoder exponent),
-  as `name` (default: its own) in `folder` (default: its own)."""
-  info, params, _ = _read(path)
+  as `name` (default: its own) in `folder` (default: its own).
+
+  The file's tables are kept where the options leave them alone (this machine builds the same
+  tables with and without them), so an encoder setting changed on another machine does not move
+  their last bits (nor the fingerprints); they are rebuilt where the options change them, where
+  the file has none (version 1) or with `rebuild_tables`."""
+  info, params, stored = _read(path)
   keep = {k: v for k, v in info.items() if k not in (
       "name", "codec", "codec_kwargs", "scales", "channels", "payload_sha256", "fingerprints",
       "tables_bytes")}
-  return save(name or info["name"], info["codec"], dict(info["codec_kwargs"], **codec_options),
-              info["scales"], info["channels"], params,
-              Path(path).parent if folder is None else folder, **keep)
+  kwargs = dict(info["codec_kwargs"], **codec_options)
+  tables = None
+  if stored is not None and not rebuild_tables:
+    before, after = (_build(dict(info, codec_kwargs=k)).build_tables(params)
+                     for k in (info["codec_kwargs"], kwargs))
+    if _same_tree(before, after):
+      tables = stored
+  return save(name or info["name"], info["codec"], kwargs, info["scales"], info["channels"],
+              params, Path(path).parent if folder is None else folder, tables=tables, **keep)
+
+
+def _same_tree(a: Any, b: Any) -> bool:
+  """Whether two trees of arrays have the same structure, shapes, dtypes and values."""
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    return False
+  pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  return all(np.asarray(x).dtype == np.asarray(y).dtype and np.shape(x) == np.shape(y)
+             and np.array_equal(x, y) for x, y in pairs)
 
 
 def _preamble(path: Path, head: bytes) -> tuple[int, int]:
