@@ -159,8 +159,7 @@ def resave(path: str | Path, folder: str | Path | None = None, name: str | None 
   if stored is not None and not rebuild_tables:
     before, after = (_build(dict(info, codec_kwargs=k)).build_tables(params)
                      for k in (info["codec_kwargs"], kwargs))
-    if _same_tree(before, after):
-      tables = stored
+    tables = stored if _same_tree(before, after) else after  # `after`: not built a third time
   return save(name or info["name"], info["codec"], kwargs, info["scales"], info["channels"],
               params, Path(path).parent if folder is None else folder, tables=tables, **keep)
 
