@@ -4,15 +4,18 @@ r"""The base learned codec: a mean-scale hyperprior per pyramid scale (hssc_jax.
   python train.py --config configs/base.py:smoke --workdir /tmp/smoke      # seconds, no shared data
   python train.py --config configs/base.py:lmbda=8,steps=20000 --workdir runs/base_l8
   python train.py --config configs/base.py:context --workdir runs/base_ctx  # channel-wise context
+  python train.py --config configs/base.py:cross --workdir runs/base_cross  # cross-scale conditioning
 
-Arguments: smoke, context (channel-wise context entropy model), lmbda, steps, task (weight of the
-detector-head distillation term). Any field can be overridden on the command line, e.g.
+Arguments: smoke, context (channel-wise context entropy model), cross (each scale conditioned on the
+finer one, `hssc_jax.codecs.cross_scale`), lmbda, steps, task (weight of the detector-head
+distillation term). Any field can be overridden on the command line, e.g.
 `--config.data.batch_size=16`. `get_sweep()` lists the lambda sweep for an RD curve.
 """
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, context=False, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT)
+DEFAULTS = dict(smoke=False, context=False, cross=False, lmbda=0.0, steps=100_000,
+                task=common.TASK_WEIGHT)
 
 
 def get_config(arg=None):
@@ -23,7 +26,9 @@ def get_config(arg=None):
                 train_quantization="noise")
   if arg.smoke:
     kwargs.update(latent_channels=8, hidden_channels=8, hyper_channels=8, context_hidden=(8,))
-  config = common.training_config("hyperprior", kwargs, arg)
+  if arg.cross:
+    kwargs.update(condition_hidden=8 if arg.smoke else 64)
+  config = common.training_config("cross_scale" if arg.cross else "hyperprior", kwargs, arg)
   config.lock()
   return config
 

@@ -36,6 +36,7 @@ LIMITS = dict(max_image_side=1 << 14, max_feature_side=256, max_feature_values=1
 _KW = dict(latent_channels=8, hidden_channels=8, hyper_channels=8)
 CODECS = {
     "hyperprior": dict(**_KW),
+    "cross_scale": dict(condition_hidden=8, **_KW),
     "lmfc": dict(fused_channels=8, stages=0, predictor_hidden=8, **_KW),
     "hssc": dict(compact_channels=8, transform_channels=8, attention_channels=4, **_KW),
     "hsc": dict(core_channels=8, context_slices=2, context_hidden=(8,), **_KW),

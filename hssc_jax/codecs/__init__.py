@@ -2,6 +2,7 @@
 
 Learned codecs, one file per paper (Flax modules; `registry.build_codec` builds them by name):
   hyperprior   HyperpriorCodec: a mean-scale hyperprior per scale (the base codec)
+  cross_scale  CrossScaleCodec: the base codec with each scale conditioned on the finer one
   lmfc         LMFCCodec: L-MFC (Liu et al., ICASSP 2023)
   hssc         HSSCCodec: HSSC's SFTNet (Zhang et al., IEEE Trans. Broadcasting 2025) with a
                learned hyperprior coding its compact representation
@@ -33,6 +34,7 @@ from hssc_jax.codecs.inner import HEVC
 from hssc_jax.codecs.inner import InnerCodec
 from hssc_jax.codecs.inner import VVC
 from hssc_jax.codecs.base import FeatureCodec
+from hssc_jax.codecs.cross_scale import CrossScaleCodec
 from hssc_jax.codecs.hsc import HSCCodec
 from hssc_jax.codecs.hssc import HSSCCodec
 from hssc_jax.codecs.hssc_paper import HSSCPaperCodec

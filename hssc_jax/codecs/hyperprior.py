@@ -103,12 +103,13 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
   def synthesis(self, y_hat: jax.Array, height: int, width: int) -> jax.Array:
     return self.g_s(self.apply_gain(y_hat, inverse=True))[:, :height, :width, :]
 
-  def quantize_and_rate(self, y: jax.Array, z: jax.Array, mode: str
+  def quantize_and_rate(self, y: jax.Array, z: jax.Array, mode: str, hyper_args: tuple = ()
                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(y_hat, {"y": bits per image, "z": bits per image}): z through the entropy bottleneck, y
-    through the Gaussian conditional (or the channel context) with h_s(z_hat)'s parameters."""
+    through the Gaussian conditional (or the channel context) with h_s(z_hat)'s parameters
+    (`hyper_args`: what a subclass's `hyper_synthesis` takes besides z_hat)."""
     z_hat, z_bits = self.entropy_bottleneck(z, mode)
-    means, scales = self.hyper_synthesis(z_hat)
+    means, scales = self.hyper_synthesis(z_hat, *hyper_args)
     if self.context_slices:
       y_hat, y_bits = self.context(y, means, scales, mode)
     else:
@@ -132,13 +133,14 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
 
   @nn.nowrap
   def encode_latents(self, params: Any, tables: Mapping[str, Any], y: np.ndarray, z: np.ndarray,
-                     jit: bool = True) -> tuple[dict[str, bytes], int, np.ndarray]:
+                     jit: bool = True, hyper_args: tuple = ()
+                     ) -> tuple[dict[str, bytes], int, np.ndarray]:
     """Host: codes the analysis outputs. Returns (streams, index digest, y_hat as decoded)."""
     t_z = tables_lib.CDFTable.from_dict(tables["z"])
     t_y = tables_lib.CDFTable.from_dict(tables["y"])
     scale_table = np.asarray(tables["scale_table"])
     z_data, z_hat = factorized.compress(t_z, z)
-    hyper = base.compiled(self, "hyper_synthesis", host=True, jit=jit)(params, z_hat)
+    hyper = base.compiled(self, "hyper_synthesis", host=True, jit=jit)(params, z_hat, *hyper_args)
     if self.context_slices:
       y_data, y_hat, crc = channel_context.compress(
           self.context_model(), params["context"], t_y, scale_table, y, *hyper, jit=jit)
@@ -159,7 +161,8 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
   @nn.nowrap
   def decode_latents(self, params: Any, tables: Mapping[str, Any],
                      streams: Mapping[str, bytes], shapes: Mapping[str, tuple],
-                     metadata: Mapping[str, Any], jit: bool = True) -> np.ndarray:
+                     metadata: Mapping[str, Any], jit: bool = True, hyper_args: tuple = ()
+                     ) -> np.ndarray:
     """Host: checks the container entries and decodes y_hat (inverse of `encode_latents`)."""
     base.require(streams, ["y", "z"], "streams")
     base.require(shapes, ["x", "y", "z"], "shapes")
@@ -170,7 +173,7 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
     t_y = tables_lib.CDFTable.from_dict(tables["y"])
     scale_table = np.asarray(tables["scale_table"])
     z_hat = factorized.decompress(t_z, streams["z"], z_shape)
-    hyper = base.compiled(self, "hyper_synthesis", host=True, jit=jit)(params, z_hat)
+    hyper = base.compiled(self, "hyper_synthesis", host=True, jit=jit)(params, z_hat, *hyper_args)
     if self.context_slices:
       return channel_context.decompress(self.context_model(), params["context"], t_y, scale_table,
                                         streams["y"], *hyper, int(metadata["crc"]), jit=jit)
@@ -242,13 +245,17 @@ class HyperpriorCodec(base.FeatureCodec, CoderOptions):
   model_class: ClassVar[type] = HyperpriorModel
 
   @nn.nowrap
-  def scale_model(self, scale: str) -> HyperpriorModel:
-    """The model of one scale (`latent_channels`, `hidden_channels`, `hyper_channels` and `stages`
-    may be given per scale)."""
-    pick = {f: base.per_scale(getattr(self, f), list(self.scales), f)[scale]
+  def scale_options(self, scale: str) -> dict[str, Any]:
+    """`latent_channels`, `hidden_channels`, `hyper_channels` and `stages` of one scale (each may be
+    given once or per scale)."""
+    return {f: base.per_scale(getattr(self, f), list(self.scales), f)[scale]
             for f in ("latent_channels", "hidden_channels", "hyper_channels", "stages")}
+
+  @nn.nowrap
+  def scale_model(self, scale: str) -> HyperpriorModel:
+    """The model of one scale (`scale_options`)."""
     return model_from(self, list(self.channels)[list(self.scales).index(scale)], self.model_class,
-                      **pick)
+                      **self.scale_options(scale))
 
   def setup(self):
     self.check_fields()

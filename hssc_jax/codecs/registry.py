@@ -10,6 +10,7 @@ from hssc_jax.codecs.base import FeatureCodec
 # name -> codec class, or "module:Class" imported on first use (keeps imports light).
 CODECS: dict[str, type[FeatureCodec] | str] = {
     "hyperprior": "hssc_jax.codecs.hyperprior:HyperpriorCodec",
+    "cross_scale": "hssc_jax.codecs.cross_scale:CrossScaleCodec",
     "lmfc": "hssc_jax.codecs.lmfc:LMFCCodec",
     "hssc": "hssc_jax.codecs.hssc:HSSCCodec",
     "hssc_paper": "hssc_jax.codecs.hssc_paper:HSSCPaperCodec",

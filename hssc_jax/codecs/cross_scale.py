@@ -1,0 +1,213 @@
+"""The base codec with cross-scale conditioning: each scale's hyperprior conditioned on the latent
+of the next finer scale, decoded first.
+
+The per-scale base codec (`hyperprior.HyperpriorCodec`) codes P3, P4 and P5 independently, but in
+YOLOv5's PAN neck P4 and P5 are computed from P3 (and P5 from P4) through stride-2 convolutions, so
+most of what the coarse scales carry is already in the finer ones. Here the scales are coded fine to
+coarse (P3, P4, P5); scale s gets the decoded latent of scale s-1, brought onto its latent grid by
+`levels` stride-2 convolutions (`ScaleCondition`), and uses it three ways:
+
+  y_s = G_s * (g_a(f_s) + A(c))                       analysis sees what the decoder will know
+  (mu, sigma) = h_s(z_hat_s) + G_s * (M(c), S(c))     conditional entropy model (means and scales)
+  f_hat_s = g_s(y_hat_s / G_s + B(c))                 synthesis completes from the finer scale
+
+with c = ScaleCondition(y_hat_{s-1} / G_{s-1}) and G the quality's gain vector (Cui et al. 2021),
+learned here as plain per-quality multipliers so the entropy-parameter path needs no exp (it runs
+in float64 on the host, `determinism.HostFunction`, where the coder's indexes are set). A, M, S, B
+start at zero, so a model warm-started from the per-scale base codec starts as that codec.
+
+This is conditional coding (the latent's entropy model conditioned on already decoded information),
+the device of the HSC paper (core latent first, then the feature latent conditioned on it) applied
+across the pyramid's scales; it keeps one stream per scale, so per-scale bit allocation still applies.
+Streams: "<scale>/y", "<scale>/z" per scale, decoded in the order of `scales`.
+"""
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hssc_jax import errors
+from hssc_jax.codecs import base
+from hssc_jax.codecs.hyperprior import HyperpriorCodec, HyperpriorModel, gain_init, model_from
+from hssc_jax.layers import conv, pad_to_multiple
+
+
+def crop_or_pad(x: jax.Array, h: int, w: int) -> jax.Array:
+  """NHWC x on an (h, w) grid sharing its top-left corner: cropped, or zero-padded bottom/right."""
+  x = x[:, :h, :w, :]
+  return jnp.pad(x, ((0, 0), (0, h - x.shape[1]), (0, w - x.shape[2]), (0, 0)))
+
+
+def _exp_gain(qualities: int, inverse: bool = False):
+  init = gain_init(qualities, inverse)
+  return lambda key, shape, dtype=jnp.float32: jnp.exp(init(key, shape, dtype))
+
+
+class ScaleCondition(nn.Module):
+  """Maps the decoded latent of the next finer scale onto this scale's latent grid and returns the
+  offsets (analysis, means, scales, synthesis), each (N, h, w, latent); the heads start at zero."""
+
+  hidden: int
+  latent: int
+  levels: int
+  qualities: int = 0
+
+  @nn.compact
+  def __call__(self, prev: jax.Array, quality: Any, h: int, w: int) -> tuple[jax.Array, ...]:
+    if self.qualities:  # undo the finer scale's gain (its init), then learned per quality
+      prev = prev * self.param("in_gain", _exp_gain(self.qualities, inverse=True),
+                               (self.qualities, prev.shape[-1]))[quality]
+    x = prev
+    for _ in range(self.levels):
+      x = nn.leaky_relu(conv(self.hidden, 3, 2)(x))
+    x = nn.leaky_relu(conv(self.hidden, 3)(crop_or_pad(x, h, w)))
+    x = nn.leaky_relu(conv(self.hidden, 3)(x))
+    heads = nn.Conv(4 * self.latent, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
+                    name="heads")(x)
+    a, mu, sigma, b = jnp.split(heads, 4, axis=-1)
+    if self.qualities:  # into the gained domain of this scale's y (its gain's init, then learned)
+      out = self.param("out_gain", _exp_gain(self.qualities), (self.qualities, self.latent))
+      mu, sigma = mu * out[quality], sigma * out[quality]
+    return a, mu, sigma, b
+
+
+class ConditionalHyperpriorModel(HyperpriorModel):
+  """`HyperpriorModel` conditioned on `prev`, the decoded (gained) latent of the next finer scale;
+  `levels` stride-2 steps take that latent's grid to this one's. Same parameters plus
+  `condition`."""
+
+  levels: int = 0
+  condition_hidden: int = 64
+
+  def setup(self):
+    super().setup()
+    self.condition = ScaleCondition(self.condition_hidden, self.latent_channels, self.levels,
+                                    self.qualities)
+
+  def offsets(self, prev: jax.Array, h: int, w: int) -> tuple[jax.Array, ...]:
+    return self.condition(prev, self.quality, h, w)
+
+  def analyze(self, x: jax.Array, prev: jax.Array) -> tuple[jax.Array, jax.Array]:
+    y = self.g_a(pad_to_multiple(x, self.multiple))
+    y = self.apply_gain(y + self.offsets(prev, *y.shape[1:3])[0])
+    return y, self.h_a(y)
+
+  def hyper_synthesis(self, z_hat: jax.Array, prev: jax.Array) -> tuple[jax.Array, jax.Array]:
+    means, scales = super().hyper_synthesis(z_hat)
+    _, mu, sigma, _ = self.offsets(prev, *means.shape[1:3])
+    return means + mu, scales + sigma
+
+  def synthesis(self, y_hat: jax.Array, prev: jax.Array, height: int, width: int) -> jax.Array:
+    y = self.apply_gain(y_hat, inverse=True)
+    y = y + self.offsets(prev, *y.shape[1:3])[3]
+    return self.g_s(y)[:, :height, :width, :]
+
+  def __call__(self, x: jax.Array, mode: str, prev: jax.Array
+               ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+    """(x_hat, {"y": bits per image, "z": ...}, y_hat)."""
+    y_hat, bits = self.quantize_and_rate(*self.analyze(x, prev), mode, hyper_args=(prev,))
+    return self.synthesis(y_hat, prev, x.shape[1], x.shape[2]), bits, y_hat
+
+  # ---- host side -------------------------------------------------------------------------------
+
+  @nn.nowrap
+  def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, prev: np.ndarray,
+             jit: bool = True
+             ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
+    y, z = (np.asarray(a) for a in base.compiled(self, "analyze")(params, x, prev))
+    streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit, hyper_args=(prev,))
+    return streams, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc}, y_hat
+
+  @nn.nowrap
+  def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
+             shapes: Mapping[str, tuple], metadata: Mapping[str, Any], prev: np.ndarray,
+             jit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Host: (x_hat, y_hat), the inverse of `encode` given the same `prev`."""
+    y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit, hyper_args=(prev,))
+    x_shape = tuple(shapes["x"])
+    x_hat = base.compiled(self, "synthesis", x_shape[1], x_shape[2])(params, y_hat, prev)
+    return np.asarray(x_hat), y_hat
+
+
+def latent_stride(scale: str, stages: int) -> int:
+  """Stride of a scale's latent in input pixels: 2^k for a pyramid level "p<k>", times 2^stages."""
+  if len(scale) < 2 or scale[0] != "p" or not scale[1:].isdigit():
+    raise errors.ConfigError(f"cross-scale coding needs pyramid levels named p<k>, got {scale!r}")
+  return 2 ** (int(scale[1:]) + max(int(stages), 0))
+
+
+class CrossScaleCodec(HyperpriorCodec):
+  """The per-scale base codec with each scale conditioned on the finer one (module doc).
+
+  `scales` must run fine to coarse (p3, p4, p5) with latent strides that never shrink.
+  """
+
+  codec_id: ClassVar[str] = "cross_scale"
+  condition_hidden: int = 64
+
+  @nn.nowrap
+  def condition_levels(self) -> dict[str, int]:
+    """{scale: stride-2 steps from the finer scale's latent grid} for every scale but the first."""
+    scales = list(self.scales)
+    strides = [latent_stride(s, self.scale_options(s)["stages"]) for s in scales]
+    levels = {}
+    for prev, s, a, b in zip(scales, scales[1:], strides, strides[1:]):
+      if b < a or b % a:
+        raise errors.ConfigError(
+            f"cross-scale coding goes fine to coarse: latent stride of {s!r} ({b}) is not a "
+            f"multiple of {prev!r}'s ({a})")
+      levels[s] = int(np.log2(b // a))
+    return levels
+
+  @nn.nowrap
+  def scale_model(self, scale: str) -> HyperpriorModel:
+    if scale == list(self.scales)[0]:
+      return super().scale_model(scale)
+    return model_from(self, list(self.channels)[list(self.scales).index(scale)],
+                      ConditionalHyperpriorModel, **self.scale_options(scale),
+                      levels=self.condition_levels()[scale],
+                      condition_hidden=int(self.condition_hidden))
+
+  def setup(self):
+    self.check_fields()
+    self.condition_levels()
+    self.models = {s: self.scale_model(s) for s in self.scales}
+
+  def code_scales(self, features: base.Pyramid, mode: str, scale_args=None
+                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    out, bits, prev = {}, {}, None
+    for s in self.scales:
+      x, m = features[s], self.models[s]
+      if prev is None:
+        prev, b = m.quantize_and_rate(*m.analyze(x), mode)
+        out[s] = m.synthesis(prev, x.shape[1], x.shape[2])
+      else:
+        out[s], b, prev = m(x, mode, prev)
+      bits.update({f"{s}/{k}": v for k, v in b.items()})
+    return out, bits
+
+  @nn.nowrap
+  def compress_streams(self, params, tables, features, scale_args=None):
+    coded, prev = base.Coded(), None
+    for s in self.scales:
+      args = () if prev is None else (prev,)
+      prev = coded.add(s, *self.scale_model(s).encode(params[f"models_{s}"], tables[s],
+                                                      features[s], *args))
+    return coded.astuple()
+
+  @nn.nowrap
+  def decompress_streams(self, params, tables, streams, shapes, metadata, scale_args=None):
+    out, prev = {}, None
+    for s in self.scales:
+      model, p, part = self.scale_model(s), params[f"models_{s}"], base.part(s, streams, shapes,
+                                                                              metadata)
+      if prev is None:
+        prev = model.decode_latents(p, tables[s], *part)
+        x_shape = tuple(part[1]["x"])
+        out[s] = np.asarray(base.compiled(model, "synthesis", x_shape[1], x_shape[2])(p, prev))
+      else:
+        out[s], prev = model.decode(p, tables[s], *part, prev)
+    return out
