@@ -5,6 +5,7 @@ r"""Trains the whole zoo sweep on one accelerator, without TensorFlow, TFDS, ml-
   python scripts/gpu_sweep.py finish OUT [--install]            # here: join, check, (install)
   python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base mfiba \
       --init-from hssc_jax/assets/zoo                           # or fine-tune zoo models there
+  python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base_cross   # a candidate
 
 `pack` (full stack) writes the bundle, under 60 MB: the training images of the recipe
 (`configs/common.py` data.sources: coco-mini and coco-tiny train2017), each resized so its long side
@@ -21,7 +22,8 @@ step of `train_lib.make_train_step` (normalisation, a quality drawn per step, ra
 (`--minutes`) is split evenly between the methods; each measures its steps/s after compiling and
 fits its step count (and so its cosine schedule, driven from the host) to its share. MFIBA starts
 from the base codec and the paper-form HSSC from the learned HSSC trained before them, as the zoo
-does. Each method is written as a zoo file (`zoo.save`: float16 parameters, fingerprints); a file
+does. `base_cross` (the cross-scale base codec, `configs/base.py:cross`) is packed too but trained
+only when named (from the sweep's base when that ran first). Each method is written as a zoo file (`zoo.save`: float16 parameters, fingerprints); a file
 over 15 MB is split into parts, so OUT holds at most 8 files, each under 16 MB. Rates are the
 entropy models' estimates: no range coding runs there.
 
@@ -56,7 +58,9 @@ MANIFEST = "manifest.json"
 IMAGES = "images.npz"
 DETECTOR = "detector.msgpack"
 METHODS = ("base", "lmfc", "hssc", "hsc", "mfiba", "hssc_paper")  # warm sources come first
-WARM_FROM = {"mfiba": "base", "hssc_paper": "hssc"}
+# Candidates packed beside the sweep's methods but trained only when named: name -> (config, arg).
+VARIANTS = {"base_cross": ("base", "cross")}
+WARM_FROM = {"mfiba": "base", "hssc_paper": "hssc", "base_cross": "base"}
 PART_BYTES = 15_000_000  # parts stay under 16 MB
 PAD_VALUE = 114.0
 
@@ -130,8 +134,8 @@ def letterbox_canvas(rgb: np.ndarray, side: int) -> np.ndarray:
 # pack (full stack)
 
 def _method_config(method: str):
-  module = importlib.import_module(f"configs.{method}")
-  return module.get_config("")
+  name, arg = VARIANTS.get(method, (method, ""))
+  return importlib.import_module(f"configs.{name}").get_config(arg)
 
 
 def _source_images(sources: Sequence[Mapping[str, str]], limit: int) -> Iterator[Path]:
@@ -163,6 +167,9 @@ def pack(bundle: Path, methods: Sequence[str], limit: int = 0) -> dict[str, Any]
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
+  unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
+  if unknown:
+    raise BundleError(f"unknown methods {unknown}; known: {list(METHODS) + list(VARIANTS)}")
   configs = {m: _method_config(m) for m in methods}
   first = configs[methods[0]]
   if first.detector.name != "yolov5":
@@ -524,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   sub = ap.add_subparsers(dest="command", required=True)
   p = sub.add_parser("pack")
   p.add_argument("bundle", type=Path)
-  p.add_argument("--methods", nargs="+", default=list(METHODS))
+  p.add_argument("--methods", nargs="+", default=list(METHODS) + list(VARIANTS))
   p.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
   t = sub.add_parser("train")
   t.add_argument("bundle", type=Path)
