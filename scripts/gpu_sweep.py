@@ -23,9 +23,10 @@ step of `train_lib.make_train_step` (normalisation, a quality drawn per step, ra
 fits its step count (and so its cosine schedule, driven from the host) to its share. MFIBA starts
 from the base codec and the paper-form HSSC from the learned HSSC trained before them, as the zoo
 does. `base_cross` (the cross-scale base codec, `configs/base.py:cross`) is packed too but trained
-only when named (from the sweep's base when that ran first). Each method is written as a zoo file (`zoo.save`: float16 parameters, fingerprints); a file
-over 15 MB is split into parts, so OUT holds at most 8 files, each under 16 MB. Rates are the
-entropy models' estimates: no range coding runs there.
+only when named (from the sweep's base when that ran first). Each method is written as a zoo file
+(`zoo.save`: float16 parameters, fingerprints); a file over 15 MB is split into parts, so OUT holds
+at most 8 files, each under 16 MB. Rates are the entropy models' estimates: no range coding runs
+there.
 
 Run on one H200 (JAX 0.11.2, flax 0.12.10): each method compiles for 26-69 s and then runs 20-92
 steps/s at batch 8, so within 8 minutes the whole sweep runs and writes its files but trains each

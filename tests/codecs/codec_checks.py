@@ -16,6 +16,14 @@ def pyramid(channels=(16, 32, 64), size=40, batch=1, seed=0):
           for i, (n, c) in enumerate(zip(names, channels))}
 
 
+def odd_pyramid(channels=(16, 32, 64)):
+  """A pyramid of sizes no stride divides (37x29 at P3, ceil-halved below), for the padding and
+  cropping of codecs whose latents are strided."""
+  sizes = ((37, 29), (19, 15), (10, 8))
+  return {n: np.ones((1, h, w, c), np.float32)
+          for n, (h, w), c in zip(("p3", "p4", "p5"), sizes, channels)}
+
+
 def init(codec, feats):
   key = jax.random.PRNGKey(0)
   return codec.init({"params": key, "noise": key}, feats, True)

@@ -43,8 +43,7 @@ def test_round_trip_through_the_range_coder(kw):
 
 def test_odd_sizes_are_padded_and_cropped():
   codec = CrossScaleCodec(**SMALL)
-  feats = {"p3": np.ones((1, 37, 29, 16), np.float32), "p4": np.ones((1, 19, 15, 32), np.float32),
-           "p5": np.ones((1, 10, 8, 64), np.float32)}
+  feats = checks.odd_pyramid()
   checks.check_round_trip(codec, _perturbed(checks.init(codec, feats)), feats,
                           eager_atol=EAGER_ATOL)
 

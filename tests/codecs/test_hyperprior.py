@@ -31,8 +31,7 @@ def test_hyperprior_codec(kw):
 
 def test_odd_sizes_are_padded_and_cropped():
   codec = HyperpriorCodec(**SMALL)
-  feats = {"p3": np.ones((1, 37, 29, 16), np.float32), "p4": np.ones((1, 19, 15, 32), np.float32),
-           "p5": np.ones((1, 10, 8, 64), np.float32)}
+  feats = checks.odd_pyramid()
   variables = checks.init(codec, feats)
   checks.check_round_trip(codec, variables, feats)
 
