@@ -5,8 +5,11 @@ r"""MFIBA (Liu et al., ACM TOMM 2025): importance-based per-scale bit allocation
   python train.py --config configs/mfiba.py:smoke --workdir /tmp/mfiba_smoke
   python train.py --config configs/mfiba.py:task=1 --workdir runs/mfiba_task    # task-aware MFIP
   python train.py --config configs/mfiba.py:exponent=0 --workdir runs/mfiba_fixed  # ablation
+  python train.py --config configs/mfiba.py:cross --workdir runs/mfiba_cross \
+    --config.init_from=runs/base_cross     # on the cross-scale base codec (configs/base.py:cross)
 
-Arguments: smoke, context (channel-wise context entropy model), lmbda, steps, task (weight of the
+Arguments: smoke, context (channel-wise context entropy model), cross (MFIBA on the cross-scale
+base codec, `hssc_jax.codecs.cross_scale.CrossScaleMFIBACodec`), lmbda, steps, task (weight of the
 detector-head distillation term, the task signal MFIP learns from), gain_range (per-image gains in
 [1/G, G]), exponent (alpha: how strongly importance drives the gains; 0 = fixed per-scale gains).
 The base codec's widths are those of configs/base.py, so the runs are comparable.
@@ -14,8 +17,8 @@ The base codec's widths are those of configs/base.py, so the runs are comparable
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, context=False, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT, gain_range=4.0,
-                exponent=1.0)
+DEFAULTS = dict(smoke=False, context=False, cross=False, lmbda=0.0, steps=100_000,
+                task=common.TASK_WEIGHT, gain_range=4.0, exponent=1.0)
 
 
 def get_config(arg=None):
@@ -28,7 +31,9 @@ def get_config(arg=None):
   if arg.smoke:
     kwargs.update(latent_channels=8, hidden_channels=8, hyper_channels=8, context_hidden=(8,),
                   mfip_channels=8)
-  config = common.training_config("mfiba", kwargs, arg)
+  if arg.cross:
+    kwargs.update(condition_hidden=8 if arg.smoke else 64)
+  config = common.training_config("mfiba_cross" if arg.cross else "mfiba", kwargs, arg)
   config.lock()
   return config
 

@@ -5,7 +5,7 @@ r"""Trains the whole zoo sweep on one accelerator, without TensorFlow, TFDS, ml-
   python scripts/gpu_sweep.py finish OUT [--install]            # here: join, check, (install)
   python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base mfiba \
       --init-from hssc_jax/assets/zoo                           # or fine-tune zoo models there
-  python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base_cross   # a candidate
+  python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base_cross mfiba_cross
 
 `pack` (full stack) writes the bundle, under 60 MB: the training images of the recipe
 (`configs/common.py` data.sources: coco-mini and coco-tiny train2017), each resized so its long side
@@ -22,11 +22,12 @@ step of `train_lib.make_train_step` (normalisation, a quality drawn per step, ra
 (`--minutes`) is split evenly between the methods; each measures its steps/s after compiling and
 fits its step count (and so its cosine schedule, driven from the host) to its share. MFIBA starts
 from the base codec and the paper-form HSSC from the learned HSSC trained before them, as the zoo
-does. `base_cross` (the cross-scale base codec, `configs/base.py:cross`) is packed too but trained
-only when named (from the sweep's base when that ran first). Each method is written as a zoo file
-(`zoo.save`: float16 parameters, fingerprints); a file over 15 MB is split into parts, so OUT holds
-at most 8 files, each under 16 MB. Rates are the entropy models' estimates: no range coding runs
-there.
+does. `base_cross` (the cross-scale base codec, `configs/base.py:cross`) and `mfiba_cross` (MFIBA
+on it, `configs/mfiba.py:cross`) are packed too but trained only when named (from the sweep's base,
+and its base_cross, when those ran first: name them in that order). Each method is written as a
+zoo file (`zoo.save`: float16 parameters, fingerprints); a file over 15 MB is split into parts, so
+OUT holds at most 8 files, each under 16 MB. Rates are the entropy models' estimates: no range
+coding runs there.
 
 Run on one H200 (JAX 0.11.2, flax 0.12.10): each method compiles for 26-69 s and then runs 20-92
 steps/s at batch 8, so within 8 minutes the whole sweep runs and writes its files but trains each
@@ -60,8 +61,9 @@ IMAGES = "images.npz"
 DETECTOR = "detector.msgpack"
 METHODS = ("base", "lmfc", "hssc", "hsc", "mfiba", "hssc_paper")  # warm sources come first
 # Candidates packed beside the sweep's methods but trained only when named: name -> (config, arg).
-VARIANTS = {"base_cross": ("base", "cross")}
-WARM_FROM = {"mfiba": "base", "hssc_paper": "hssc", "base_cross": "base"}
+VARIANTS = {"base_cross": ("base", "cross"), "mfiba_cross": ("mfiba", "cross")}
+WARM_FROM = {"mfiba": "base", "hssc_paper": "hssc", "base_cross": "base",
+             "mfiba_cross": "base_cross"}
 PART_BYTES = 15_000_000  # parts stay under 16 MB
 PAD_VALUE = 114.0
 

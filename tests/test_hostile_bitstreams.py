@@ -41,6 +41,7 @@ CODECS = {
     "hssc": dict(compact_channels=8, transform_channels=8, attention_channels=4, **_KW),
     "hsc": dict(core_channels=8, context_slices=2, context_hidden=(8,), **_KW),
     "mfiba": dict(mfip_channels=4, **_KW),
+    "mfiba_cross": dict(mfip_channels=4, condition_hidden=8, **_KW),
 }
 HOSTILE_VALUES = ("x", "", None, True, False, 1.5, -1, 0, 1, 255, 2**31, 2**63, -2**63 - 1, 2**70,
                   [], {}, [1], [[1, 1]] * 3, [[2**40, 2**40]] * 3, [[0, 0]] * 3, {"a": 1},

@@ -10,7 +10,8 @@ def test_every_exported_name_resolves():
 
 
 def test_the_paper_codecs_are_exported_under_their_registry_names():
-  for name in ("hyperprior", "cross_scale", "lmfc", "hssc", "hssc_paper", "hsc", "mfiba"):
+  for name in ("hyperprior", "cross_scale", "lmfc", "hssc", "hssc_paper", "hsc", "mfiba",
+               "mfiba_cross"):
     cls = registry.codec_class(name)
     assert getattr(hssc_jax.codecs, cls.__name__) is cls
     assert issubclass(cls, hssc_jax.FeatureCodec)

@@ -10,6 +10,7 @@ Learned codecs, one file per paper (Flax modules; `registry.build_codec` builds 
                quantised to 10 bits, reordered, tiled and coded by HEVC/VVC
   hsc          HSCCodec: HSC (Li et al., 2025)
   mfiba        MFIBACodec: MFIBA (Liu et al., 2025)
+  mfiba_cross  CrossScaleMFIBACodec: MFIBA on the cross-scale base codec
 
 Anchors and their parts (host-side numpy; no jit):
   inner        HEVC (libx265), AV1 (SVT-AV1), VVC (vvenc/vvdec): frame <-> elementary stream
@@ -35,6 +36,7 @@ from hssc_jax.codecs.inner import InnerCodec
 from hssc_jax.codecs.inner import VVC
 from hssc_jax.codecs.base import FeatureCodec
 from hssc_jax.codecs.cross_scale import CrossScaleCodec
+from hssc_jax.codecs.cross_scale import CrossScaleMFIBACodec
 from hssc_jax.codecs.hsc import HSCCodec
 from hssc_jax.codecs.hssc import HSSCCodec
 from hssc_jax.codecs.hssc_paper import HSSCPaperCodec

@@ -32,6 +32,7 @@ import numpy as np
 from hssc_jax import errors
 from hssc_jax.codecs import base
 from hssc_jax.codecs.hyperprior import HyperpriorCodec, HyperpriorModel, gain_init, model_from
+from hssc_jax.codecs.mfiba import GainedHyperpriorModel, MFIBACodec, broadcast_gain
 from hssc_jax.layers import conv, pad_to_multiple
 
 
@@ -139,6 +140,33 @@ def latent_stride(scale: str, stages: int) -> int:
   return 2 ** (int(scale[1:]) + max(int(stages), 0))
 
 
+def condition_levels(codec: HyperpriorCodec) -> dict[str, int]:
+  """{scale: stride-2 steps from the finer scale's latent grid} for every scale of `codec` but the
+  first (ConfigError unless the latent strides grow fine to coarse)."""
+  scales = list(codec.scales)
+  strides = [latent_stride(s, codec.scale_options(s)["stages"]) for s in scales]
+  levels = {}
+  for prev, s, a, b in zip(scales, scales[1:], strides, strides[1:]):
+    if b < a or b % a:
+      raise errors.ConfigError(
+          f"cross-scale coding goes fine to coarse: latent stride of {s!r} ({b}) is not a "
+          f"multiple of {prev!r}'s ({a})")
+    levels[s] = int(np.log2(b // a))
+  return levels
+
+
+def scale_model_of(codec: HyperpriorCodec, scale: str, first: type, conditioned: type
+                   ) -> HyperpriorModel:
+  """The model of one scale of a cross-scale codec: a `first` for the finest scale, a `conditioned`
+  one with its `condition_levels` and the codec's `condition_hidden` for the others."""
+  out_channels = list(codec.channels)[list(codec.scales).index(scale)]
+  if scale == list(codec.scales)[0]:
+    return model_from(codec, out_channels, first, **codec.scale_options(scale))
+  return model_from(codec, out_channels, conditioned, **codec.scale_options(scale),
+                    levels=condition_levels(codec)[scale],
+                    condition_hidden=int(codec.condition_hidden))
+
+
 class CrossScaleCodec(HyperpriorCodec):
   """The per-scale base codec with each scale conditioned on the finer one (module doc).
 
@@ -149,31 +177,12 @@ class CrossScaleCodec(HyperpriorCodec):
   condition_hidden: int = 64
 
   @nn.nowrap
-  def condition_levels(self) -> dict[str, int]:
-    """{scale: stride-2 steps from the finer scale's latent grid} for every scale but the first."""
-    scales = list(self.scales)
-    strides = [latent_stride(s, self.scale_options(s)["stages"]) for s in scales]
-    levels = {}
-    for prev, s, a, b in zip(scales, scales[1:], strides, strides[1:]):
-      if b < a or b % a:
-        raise errors.ConfigError(
-            f"cross-scale coding goes fine to coarse: latent stride of {s!r} ({b}) is not a "
-            f"multiple of {prev!r}'s ({a})")
-      levels[s] = int(np.log2(b // a))
-    return levels
-
-  @nn.nowrap
   def scale_model(self, scale: str) -> HyperpriorModel:
-    if scale == list(self.scales)[0]:
-      return super().scale_model(scale)
-    return model_from(self, list(self.channels)[list(self.scales).index(scale)],
-                      ConditionalHyperpriorModel, **self.scale_options(scale),
-                      levels=self.condition_levels()[scale],
-                      condition_hidden=int(self.condition_hidden))
+    return scale_model_of(self, scale, HyperpriorModel, ConditionalHyperpriorModel)
 
   def setup(self):
     self.check_fields()
-    self.condition_levels()
+    condition_levels(self)
     self.models = {s: self.scale_model(s) for s in self.scales}
 
   def code_scales(self, features: base.Pyramid, mode: str, scale_args=None
@@ -210,4 +219,128 @@ class CrossScaleCodec(HyperpriorCodec):
         out[s] = np.asarray(base.compiled(model, "synthesis", x_shape[1], x_shape[2])(p, prev))
       else:
         out[s], prev = model.decode(p, tables[s], *part, prev)
+    return out
+
+
+# ---- MFIBA's per-image gains on the cross-scale codec ------------------------------------------
+
+class GainedConditionalHyperpriorModel(ConditionalHyperpriorModel):
+  """`ConditionalHyperpriorModel` with MFIBA's per-image quantization gain (M5 of
+  `hssc_jax.codecs.mfiba`): y = g * G * (g_a(f) + A(c)), the condition's entropy offsets scaled by
+  g, the synthesis reading y_hat / g. `prev` is the finer scale's decoded latent with its own
+  per-image gain divided out, so the condition sees the domain it had without MFIBA (gains of 1
+  give exactly the `ConditionalHyperpriorModel`)."""
+
+  def analyze(self, x: jax.Array, prev: jax.Array, gain: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+    y = self.g_a(pad_to_multiple(x, self.multiple))
+    y = self.apply_gain(y + self.offsets(prev, *y.shape[1:3])[0]) * broadcast_gain(gain)
+    return y, self.h_a(y)
+
+  def hyper_synthesis(self, z_hat: jax.Array, prev: jax.Array, gain: jax.Array
+                      ) -> tuple[jax.Array, jax.Array]:
+    means, scales = HyperpriorModel.hyper_synthesis(self, z_hat)
+    _, mu, sigma, _ = self.offsets(prev, *means.shape[1:3])
+    g = broadcast_gain(gain).astype(mu.dtype)
+    return means + g * mu, scales + g * sigma
+
+  def synthesis(self, y_hat: jax.Array, prev: jax.Array, inv_gain: jax.Array, height: int,
+                width: int) -> jax.Array:
+    return super().synthesis(y_hat * broadcast_gain(inv_gain), prev, height, width)
+
+  def __call__(self, x: jax.Array, mode: str, prev: jax.Array, gain: jax.Array,
+               inv_gain: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+    """(x_hat, {"y": bits per image, "z": ...}, y_hat / gain: what conditions the next scale)."""
+    y_hat, bits = self.quantize_and_rate(*self.analyze(x, prev, gain), mode,
+                                         hyper_args=(prev, gain))
+    return (self.synthesis(y_hat, prev, inv_gain, x.shape[1], x.shape[2]), bits,
+            y_hat * broadcast_gain(inv_gain))
+
+  @nn.nowrap
+  def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, prev: np.ndarray,
+             gain: np.ndarray, jit: bool = True
+             ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
+    y, z = (np.asarray(a) for a in base.compiled(self, "analyze")(params, x, prev, gain))
+    streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit, hyper_args=(prev, gain))
+    return streams, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc}, y_hat
+
+  @nn.nowrap
+  def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
+             shapes: Mapping[str, tuple], metadata: Mapping[str, Any], prev: np.ndarray,
+             gain: np.ndarray, inv_gain: np.ndarray, jit: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Host: (x_hat, y_hat), the inverse of `encode` given the same `prev` and gain."""
+    y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit,
+                                hyper_args=(prev, gain))
+    x_shape = tuple(shapes["x"])
+    x_hat = base.compiled(self, "synthesis", x_shape[1], x_shape[2])(params, y_hat, prev,
+                                                                     inv_gain)
+    return np.asarray(x_hat), y_hat
+
+
+class CrossScaleMFIBACodec(MFIBACodec):
+  """MFIBA (`hssc_jax.codecs.mfiba`: MFIP importance, per-image per-scale gains, the task loss-rate
+  allocation) on the cross-scale base codec (`CrossScaleCodec`) instead of the per-scale one.
+
+  Each scale's gain scales its latent; the next scale is conditioned on the decoded latent with
+  that gain divided out. The allocation models are calibrated as for MFIBA, scale by scale with
+  the others at MFIP's gains; they see a scale's own rate, not what its gain does to the coarser
+  scales' conditional rates. With gains of 1 and zero MFIP logits (its initialisation), a model
+  warm-started from a `CrossScaleCodec` starts as that codec.
+  """
+
+  codec_id: ClassVar[str] = "mfiba_cross"
+  model_class: ClassVar[type] = GainedConditionalHyperpriorModel
+  condition_hidden: int = 64
+
+  @nn.nowrap
+  def scale_model(self, scale: str) -> HyperpriorModel:
+    return scale_model_of(self, scale, GainedHyperpriorModel, GainedConditionalHyperpriorModel)
+
+  def setup(self):
+    condition_levels(self)
+    super().setup()
+
+  def code_scales(self, features: base.Pyramid, mode: str, scale_args=None
+                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(features_hat, bits); `scale_args` {scale: (gain (N,), inverse gain (N,))}, required."""
+    out, bits, prev = {}, {}, None
+    for s in self.scales:
+      x, m, (gain, inv_gain) = features[s], self.models[s], scale_args[s]
+      if prev is None:
+        y_hat, b = m.quantize_and_rate(*m.analyze(x, gain), mode)
+        out[s] = m.synthesis(y_hat, inv_gain, x.shape[1], x.shape[2])
+        prev = y_hat * broadcast_gain(inv_gain)
+      else:
+        out[s], b, prev = m(x, mode, prev, gain, inv_gain)
+      bits.update({f"{s}/{k}": v for k, v in b.items()})
+    return out, bits
+
+  @nn.nowrap
+  def streams_at(self, params, tables, features, indexes: Sequence[int]):
+    table, inv_table = self.gains
+    coded, prev = base.Coded(), None
+    for s, i in zip(self.scales, indexes):
+      model, gain = self.scale_model(s), table[i:i + 1]
+      args = (features[s], gain) if prev is None else (features[s], prev, gain)
+      y_hat = coded.add(s, *model.encode(params[f"models_{s}"], tables[s], *args))
+      prev = np.asarray(y_hat) * inv_table[i]
+    return coded.astuple()
+
+  @nn.nowrap
+  def features_at(self, params, tables, streams, shapes, metadata, indexes: Sequence[int]):
+    table, inv_table = self.gains
+    out, prev = {}, None
+    for s, i in zip(self.scales, indexes):
+      model, p = self.scale_model(s), params[f"models_{s}"]
+      part = base.part(s, streams, shapes, metadata)
+      gain, inv_gain = table[i:i + 1], inv_table[i:i + 1]
+      if prev is None:
+        y_hat = model.decode_latents(p, tables[s], *part)
+        x_shape = tuple(part[1]["x"])
+        out[s] = np.asarray(base.compiled(model, "synthesis", x_shape[1], x_shape[2])(
+            p, y_hat, inv_gain))
+      else:
+        out[s], y_hat = model.decode(p, tables[s], *part, prev, gain, inv_gain)
+      prev = np.asarray(y_hat) * inv_table[i]
     return out

@@ -58,7 +58,8 @@ def gain_table(gain_range: float, levels: int) -> tuple[np.ndarray, np.ndarray]:
   return gains.astype(np.float32), (1.0 / gains).astype(np.float32)
 
 
-def _expand(g: jax.Array) -> jax.Array:
+def broadcast_gain(g: jax.Array) -> jax.Array:
+  """Per-image gains (N,) -> (N, 1, 1, 1), to multiply NHWC latents."""
   return g[:, None, None, None]
 
 
@@ -88,11 +89,12 @@ class GainedHyperpriorModel(HyperpriorModel):
   parameters as `HyperpriorModel`."""
 
   def analyze(self, x: jax.Array, gain: jax.Array) -> tuple[jax.Array, jax.Array]:
-    y = self.apply_gain(self.g_a(pad_to_multiple(x, self.multiple))) * _expand(gain)
+    y = self.apply_gain(self.g_a(pad_to_multiple(x, self.multiple))) * broadcast_gain(gain)
     return y, self.h_a(y)
 
   def synthesis(self, y_hat: jax.Array, inv_gain: jax.Array, height: int, width: int) -> jax.Array:
-    return self.g_s(self.apply_gain(y_hat * _expand(inv_gain), inverse=True))[:, :height, :width, :]
+    y = self.apply_gain(y_hat * broadcast_gain(inv_gain), inverse=True)
+    return self.g_s(y)[:, :height, :width, :]
 
   def __call__(self, x: jax.Array, mode: str, gain: jax.Array, inv_gain: jax.Array
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -282,10 +284,23 @@ class MFIBACodec(HyperpriorCodec):
       importance, idx = (np.asarray(a)[0] for a in
                          base.compiled(self, "allocation_indexes")(params, features))
       indexes = self.choose_indexes(importance, idx)
-    table = self.gains[0]
-    streams, shapes, meta = super().compress_streams(
-        params, tables, features, {s: (table[i:i + 1],) for i, s in zip(indexes, self.scales)})
+    streams, shapes, meta = self.streams_at(params, tables, features, indexes)
     return streams, shapes, {"allocation": list(indexes), **meta}
+
+  @nn.nowrap
+  def streams_at(self, params, tables, features, indexes: Sequence[int]):
+    """Host: (streams, shapes, metadata) of every scale coded at its gain table index."""
+    table = self.gains[0]
+    gains = {s: (table[i:i + 1],) for i, s in zip(indexes, self.scales)}
+    return HyperpriorCodec.compress_streams(self, params, tables, features, gains)
+
+  @nn.nowrap
+  def features_at(self, params, tables, streams, shapes, metadata, indexes: Sequence[int]):
+    """Host: the decoded scales of `streams_at`'s output, given the same indexes."""
+    inv_table = self.gains[1]
+    inv_gains = {s: (inv_table[i:i + 1],) for i, s in zip(indexes, self.scales)}
+    return HyperpriorCodec.decompress_streams(self, params, tables, streams, shapes, metadata,
+                                              inv_gains)
 
   @nn.nowrap
   def post_training_constants(self, params: Any, batches: Sequence[base.Pyramid], pixels: float,
@@ -338,10 +353,8 @@ class MFIBACodec(HyperpriorCodec):
 
   @nn.nowrap
   def decompress_streams(self, params, tables, streams, shapes, metadata):
-    inv_table = self.gains[1]
-    return super().decompress_streams(
-        params, tables, streams, shapes, metadata,
-        {s: (inv_table[i:i + 1],) for i, s in zip(self._allocation_from(metadata), self.scales)})
+    return self.features_at(params, tables, streams, shapes, metadata,
+                            self._allocation_from(metadata))
 
   @nn.nowrap
   def read_allocation(self, params: Any, tables: Any, data: bytes) -> dict[str, dict[str, float]]:

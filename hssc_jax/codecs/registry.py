@@ -16,6 +16,7 @@ CODECS: dict[str, type[FeatureCodec] | str] = {
     "hssc_paper": "hssc_jax.codecs.hssc_paper:HSSCPaperCodec",
     "hsc": "hssc_jax.codecs.hsc:HSCCodec",
     "mfiba": "hssc_jax.codecs.mfiba:MFIBACodec",
+    "mfiba_cross": "hssc_jax.codecs.cross_scale:CrossScaleMFIBACodec",
 }
 
 

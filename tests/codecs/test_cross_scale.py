@@ -5,8 +5,10 @@ import jax
 import numpy as np
 import pytest
 
+from hssc_jax import bitstream
 from hssc_jax import errors
 from hssc_jax.codecs.cross_scale import CrossScaleCodec
+from hssc_jax.codecs.cross_scale import CrossScaleMFIBACodec
 from hssc_jax.codecs.hyperprior import HyperpriorCodec
 
 _spec = importlib.util.spec_from_file_location("codec_checks", Path(__file__).with_name("codec_checks.py"))
@@ -88,23 +90,100 @@ def test_bad_scale_orders_are_config_errors(kw, match):
     checks.init(codec, feats)
 
 
-def test_the_cross_config_trains_with_the_recipe_and_codes(tmp_path):
-  """`configs/base.py:cross` through the training loop (variable rate, a quality drawn per step,
-  straight-through last step), then a real bitstream from the checkpoint."""
-  from configs import base as base_config  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("module,codec_name", [("base", "cross_scale"), ("mfiba", "mfiba_cross")])
+def test_the_cross_configs_train_with_the_recipe_and_code(module, codec_name, tmp_path):
+  """`configs/<module>.py:cross` through the training loop (variable rate, a quality drawn per step,
+  straight-through last step; MFIBA's post-training calibration), then a real bitstream from the
+  checkpoint, decoded to the evaluation-mode output at the allocation it carries."""
   from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
-  config = base_config.get_config("smoke,cross")
+  config = importlib.import_module(f"configs.{module}").get_config("smoke,cross")
   with config.unlocked():
     config.progress, config.steps, config.loss.mixed_fraction = False, 3, 0.34
   metrics = train_lib.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(metrics["loss"]) and metrics["bpp"] > 0
   codec, params, tables, run = train_lib.load_codec(tmp_path)
-  assert run["codec"] == "cross_scale" and codec.qualities > 1
+  assert run["codec"] == codec_name and codec.qualities > 1
   rng = np.random.default_rng(0)
   feats = {s: rng.normal(size=(1, 16 >> i, 16 >> i, c)).astype(np.float32)
            for i, (s, c) in enumerate(zip(run["scales"], run["channels"]))}
-  out = codec.decompress(params, tables, codec.compress(params, tables, feats, (128, 128)))
-  ev = codec.denormalize(codec.apply({"params": params}, codec.normalize(feats), False)
-                         ["features_hat"])
+  data = codec.compress(params, tables, feats, (128, 128))
+  out = codec.decompress(params, tables, data)
+  allocation = bitstream.unpack(data).metadata.get("allocation")
+  if allocation is None:
+    ev = codec.apply({"params": params}, codec.normalize(feats), False)["features_hat"]
+  else:
+    ev, _ = codec.apply({"params": params}, codec.normalize(feats), np.asarray([allocation]),
+                        method=type(codec).forward_with_indexes)
+  ev = codec.denormalize(ev)
   for s in feats:
     np.testing.assert_allclose(out[s], ev[s], atol=1e-4)
+
+
+# ---- MFIBA on the cross-scale codec -----------------------------------------------------------
+
+def _mfiba_cross(**kw):
+  return CrossScaleMFIBACodec(**SMALL, mfip_channels=8, **kw)
+
+
+def _uneven_mfip(variables):
+  """Moves every parameter (the condition heads act) and gives MFIP an image-dependent output."""
+  params = jax.tree.map(np.asarray, _perturbed(variables)["params"])
+  k = params["mfip"]["Dense_1"]["kernel"]
+  params["mfip"]["Dense_1"]["kernel"] = np.random.default_rng(0).normal(
+      size=k.shape).astype(np.float32) * 2
+  return {"params": params}
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(qualities=3, quality=1)], ids=["one_rate", "variable"])
+def test_mfiba_cross_round_trip_with_per_image_gains(kw):
+  codec = _mfiba_cross(**kw)
+  feats = checks.pyramid()
+  variables = _uneven_mfip(checks.init(codec, feats))
+  out = checks.check_forward(codec, variables, feats)
+  assert len(set(np.asarray(out["gain_indexes"])[0].tolist())) > 1  # the scales differ in gain
+  params, tables, data, ev = checks.check_round_trip(codec, variables, feats,
+                                                     eager_atol=EAGER_ATOL)
+  assert bitstream.unpack(data).metadata["allocation"] == np.asarray(ev["gain_indexes"])[0].tolist()
+  if not kw:
+    checks.check_bad_input(codec, params, tables, data, feats)
+
+
+def test_mfiba_cross_gains_set_each_scales_rate_and_condition_the_next():
+  """A larger gain on P3 costs P3 more bits and changes P4's decoded features (P4 is conditioned on
+  P3's latent with the gain divided out); every allocation decodes to the evaluation output."""
+  codec = _mfiba_cross()
+  feats = checks.pyramid()
+  params = _uneven_mfip(checks.init(codec, feats))["params"]
+  tables = codec.build_tables(params)
+  bits, dec = {}, {}
+  for g in (0.25, 4.0):
+    data = codec.compress_with_gains(params, tables, feats, (320, 320),
+                                     {"p3": g, "p4": 1.0, "p5": 1.0})
+    bits[g] = bitstream.unpack(data).stream_bits["p3/y"]
+    dec[g] = codec.decompress(params, tables, data)
+    idx = bitstream.unpack(data).metadata["allocation"]
+    hat, _ = codec.apply({"params": params}, codec.normalize(feats), np.asarray([idx]),
+                         method=type(codec).forward_with_indexes)
+    hat = codec.denormalize(hat)
+    for s in feats:
+      np.testing.assert_allclose(dec[g][s], hat[s], atol=1e-4)
+  assert bits[0.25] < bits[4.0]
+  assert not np.allclose(dec[0.25]["p4"], dec[4.0]["p4"])
+
+
+def test_mfiba_cross_starts_as_the_cross_scale_codec_it_is_warm_started_from():
+  """With MFIP's uniform start (gain 1 on every scale) and a `CrossScaleCodec`'s parameters copied
+  in, the cross-scale MFIBA reconstructs and rates exactly as that codec."""
+  from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
+  feats = checks.pyramid()
+  cross = CrossScaleCodec(**SMALL, qualities=3, quality=2)
+  source = _perturbed(checks.init(cross, feats))["params"]
+  codec = _mfiba_cross(qualities=3, quality=2)
+  params, copied, _ = train_lib.overlay_params(checks.init(codec, feats)["params"], source)
+  assert copied == len(jax.tree.leaves(source))
+  want = cross.apply({"params": source}, feats, False)
+  got = codec.apply({"params": params}, feats, False)
+  for s in feats:
+    np.testing.assert_allclose(got["features_hat"][s], want["features_hat"][s], atol=1e-6)
+  for k in want["bits"]:
+    np.testing.assert_allclose(got["bits"][k], want["bits"][k], rtol=1e-6)
