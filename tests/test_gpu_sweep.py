@@ -131,20 +131,22 @@ def test_pack_train_finish_end_to_end(tmp_path, shared):
   shared("data", "coco-mini", "train2017")
   shared("weights", "yolov5n-coco-v6.0.pt")
   bundle, out = tmp_path / "bundle", tmp_path / "out"
-  gpu_sweep.pack(bundle, ["base", "mfiba", "base_cross"], limit=3)
+  gpu_sweep.pack(bundle, ["base", "mfiba", "base_cross", "mfiba_cross"], limit=3)
   run = BLOCKER + textwrap.dedent(f"""
       import runpy
       sys.argv = ["gpu_sweep.py", "train", {str(bundle)!r}, {str(out)!r}, "--methods", "base",
-                  "mfiba", "base_cross", "--max-steps", "3"]
+                  "mfiba", "base_cross", "mfiba_cross", "--max-steps", "3"]
       runpy.run_path({str(REPO / "scripts" / "gpu_sweep.py")!r}, run_name="__main__")
       """)
   r = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True,
                      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, timeout=1200)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "initialised" in r.stdout  # MFIBA started from the sweep's base model
-  assert gpu_sweep.finish(out, install=False) == ["base", "base_cross", "mfiba"]
+  assert "the sweep's base_cross" in r.stdout  # and its cross-scale form from base_cross
+  assert gpu_sweep.finish(out, install=False) == ["base", "base_cross", "mfiba", "mfiba_cross"]
   from hssc_jax import zoo
   assert zoo.read_info(zoo.path_of("base_cross", out))["codec"] == "cross_scale"
+  assert zoo.read_info(zoo.path_of("mfiba_cross", out))["codec"] == "mfiba_cross"
   info = zoo.read_info(zoo.path_of("mfiba", out))
   assert info["steps"] == 3 and info["codec_kwargs"]["allocation_models"]
   model = zoo.load("mfiba", 2, folder=out)  # a real bitstream through the range coder
