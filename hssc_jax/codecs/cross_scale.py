@@ -290,7 +290,6 @@ class CrossScaleMFIBACodec(MFIBACodec):
   """
 
   codec_id: ClassVar[str] = "mfiba_cross"
-  model_class: ClassVar[type] = GainedConditionalHyperpriorModel
   condition_hidden: int = 64
 
   @nn.nowrap
