@@ -91,9 +91,14 @@ class ConditionalHyperpriorModel(HyperpriorModel):
   def offsets(self, prev: jax.Array, h: int, w: int) -> tuple[jax.Array, ...]:
     return self.condition(prev, self.quality, h, w)
 
-  def analyze(self, x: jax.Array, prev: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def latent(self, x: jax.Array, prev: jax.Array) -> jax.Array:
+    """y = G * (g_a(f) + A(c)): the analysis plus the condition's offset, times the quality's
+    gain vector G."""
     y = self.g_a(pad_to_multiple(x, self.multiple))
-    y = self.apply_gain(y + self.offsets(prev, *y.shape[1:3])[0])
+    return self.apply_gain(y + self.offsets(prev, *y.shape[1:3])[0])
+
+  def analyze(self, x: jax.Array, prev: jax.Array) -> tuple[jax.Array, jax.Array]:
+    y = self.latent(x, prev)
     return y, self.h_a(y)
 
   def hyper_synthesis(self, z_hat: jax.Array, prev: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -233,8 +238,7 @@ class GainedConditionalHyperpriorModel(ConditionalHyperpriorModel):
 
   def analyze(self, x: jax.Array, prev: jax.Array, gain: jax.Array
               ) -> tuple[jax.Array, jax.Array]:
-    y = self.g_a(pad_to_multiple(x, self.multiple))
-    y = self.apply_gain(y + self.offsets(prev, *y.shape[1:3])[0]) * broadcast_gain(gain)
+    y = self.latent(x, prev) * broadcast_gain(gain)
     return y, self.h_a(y)
 
   def hyper_synthesis(self, z_hat: jax.Array, prev: jax.Array, gain: jax.Array
