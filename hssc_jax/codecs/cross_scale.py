@@ -120,21 +120,27 @@ class ConditionalHyperpriorModel(HyperpriorModel):
   # ---- host side -------------------------------------------------------------------------------
 
   @nn.nowrap
-  def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, prev: np.ndarray,
+  def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, *condition: np.ndarray,
              jit: bool = True
              ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
-    y, z = (np.asarray(a) for a in base.compiled(self, "analyze")(params, x, prev))
-    streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit, hyper_args=(prev,))
+    """Host: streams, shapes, metadata and y_hat of `x` given `condition` (`prev`, and whatever
+    else `analyze` and `hyper_synthesis` take after it)."""
+    y, z = (np.asarray(a) for a in base.compiled(self, "analyze")(params, x, *condition))
+    streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit, hyper_args=condition)
     return streams, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc}, y_hat
 
   @nn.nowrap
   def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
-             shapes: Mapping[str, tuple], metadata: Mapping[str, Any], prev: np.ndarray,
-             jit: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Host: (x_hat, y_hat), the inverse of `encode` given the same `prev`."""
-    y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit, hyper_args=(prev,))
+             shapes: Mapping[str, tuple], metadata: Mapping[str, Any], *condition: np.ndarray,
+             synthesis_args: tuple | None = None, jit: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Host: (x_hat, y_hat), the inverse of `encode` given the same `condition`; `synthesis` reads
+    `synthesis_args` (default: the condition) after y_hat."""
+    y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit,
+                                hyper_args=condition)
     x_shape = tuple(shapes["x"])
-    x_hat = base.compiled(self, "synthesis", x_shape[1], x_shape[2])(params, y_hat, prev)
+    x_hat = base.compiled(self, "synthesis", x_shape[1], x_shape[2])(
+        params, y_hat, *(condition if synthesis_args is None else synthesis_args))
     return np.asarray(x_hat), y_hat
 
 
@@ -261,25 +267,13 @@ class GainedConditionalHyperpriorModel(ConditionalHyperpriorModel):
             y_hat * broadcast_gain(inv_gain))
 
   @nn.nowrap
-  def encode(self, params: Any, tables: Mapping[str, Any], x: np.ndarray, prev: np.ndarray,
-             gain: np.ndarray, jit: bool = True
-             ) -> tuple[dict[str, bytes], dict[str, tuple], dict[str, Any], np.ndarray]:
-    y, z = (np.asarray(a) for a in base.compiled(self, "analyze")(params, x, prev, gain))
-    streams, crc, y_hat = self.encode_latents(params, tables, y, z, jit, hyper_args=(prev, gain))
-    return streams, {"x": x.shape, "y": y.shape, "z": z.shape}, {"crc": crc}, y_hat
-
-  @nn.nowrap
   def decode(self, params: Any, tables: Mapping[str, Any], streams: Mapping[str, bytes],
              shapes: Mapping[str, tuple], metadata: Mapping[str, Any], prev: np.ndarray,
              gain: np.ndarray, inv_gain: np.ndarray, jit: bool = True
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Host: (x_hat, y_hat), the inverse of `encode` given the same `prev` and gain."""
-    y_hat = self.decode_latents(params, tables, streams, shapes, metadata, jit,
-                                hyper_args=(prev, gain))
-    x_shape = tuple(shapes["x"])
-    x_hat = base.compiled(self, "synthesis", x_shape[1], x_shape[2])(params, y_hat, prev,
-                                                                     inv_gain)
-    return np.asarray(x_hat), y_hat
+    """Host: (x_hat, y_hat), the inverse of `encode(params, tables, x, prev, gain)`."""
+    return super().decode(params, tables, streams, shapes, metadata, prev, gain,
+                          synthesis_args=(prev, inv_gain), jit=jit)
 
 
 class CrossScaleMFIBACodec(MFIBACodec):
