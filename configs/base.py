@@ -6,6 +6,8 @@ r"""The base learned codec: a mean-scale hyperprior per pyramid scale (hssc_jax.
   python train.py --config configs/base.py:context --workdir runs/base_ctx  # channel-wise context
   python train.py --config configs/base.py:cross --workdir runs/base_cross  # cross-scale conditioning
 
+The zoo's base codec is the cross-scale one (`cross`); the default is the per-scale codec.
+
 Arguments: smoke, context (channel-wise context entropy model), cross (each scale conditioned on the
 finer one, `hssc_jax.codecs.cross_scale`), lmbda, steps, task (weight of the detector-head
 distillation term). Any field can be overridden on the command line, e.g.

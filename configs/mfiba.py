@@ -12,7 +12,8 @@ Arguments: smoke, context (channel-wise context entropy model), cross (MFIBA on 
 base codec, `hssc_jax.codecs.cross_scale.CrossScaleMFIBACodec`), lmbda, steps, task (weight of the
 detector-head distillation term, the task signal MFIP learns from), gain_range (per-image gains in
 [1/G, G]), exponent (alpha: how strongly importance drives the gains; 0 = fixed per-scale gains).
-The base codec's widths are those of configs/base.py, so the runs are comparable.
+The base codec's widths are those of configs/base.py, so the runs are comparable; the zoo's MFIBA
+is the cross-scale one (`cross`).
 """
 
 from configs import common

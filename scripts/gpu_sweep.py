@@ -5,7 +5,7 @@ r"""Trains the whole zoo sweep on one accelerator, without TensorFlow, TFDS, ml-
   python scripts/gpu_sweep.py finish OUT [--install]            # here: join, check, (install)
   python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base mfiba \
       --init-from hssc_jax/assets/zoo                           # or fine-tune zoo models there
-  python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base_cross mfiba_cross
+  python scripts/gpu_sweep.py train runs/gpu_bundle OUT --methods base_per_scale mfiba_per_scale
 
 `pack` (full stack) writes the bundle, under 60 MB: the training images of the recipe
 (`configs/common.py` data.sources: coco-mini and coco-tiny train2017), each resized so its long side
@@ -22,9 +22,10 @@ step of `train_lib.make_train_step` (normalisation, a quality drawn per step, ra
 (`--minutes`) is split evenly between the methods; each measures its steps/s after compiling and
 fits its step count (and so its cosine schedule, driven from the host) to its share. MFIBA starts
 from the base codec and the paper-form HSSC from the learned HSSC trained before them, as the zoo
-does. `base_cross` (the cross-scale base codec, `configs/base.py:cross`) and `mfiba_cross` (MFIBA
-on it, `configs/mfiba.py:cross`) are packed too but trained only when named (from the sweep's base,
-and its base_cross, when those ran first: name them in that order). Each method is written as a
+does. The zoo's base and MFIBA are the cross-scale codecs (`configs/base.py:cross`,
+`configs/mfiba.py:cross`); `base_per_scale` and `mfiba_per_scale` (their per-scale forms, the
+configs' defaults) are packed too but trained only when named (MFIBA's from the sweep's
+base_per_scale when that ran first: name them in that order). Each method is written as a
 zoo file (`zoo.save`: float16 parameters, fingerprints); a file over 15 MB is split into parts, so
 OUT holds at most 8 files, each under 16 MB. Rates are the entropy models' estimates: no range
 coding runs there.
@@ -61,9 +62,11 @@ IMAGES = "images.npz"
 DETECTOR = "detector.msgpack"
 METHODS = ("base", "lmfc", "hssc", "hsc", "mfiba", "hssc_paper")  # warm sources come first
 # Candidates packed beside the sweep's methods but trained only when named: name -> (config, arg).
-VARIANTS = {"base_cross": ("base", "cross"), "mfiba_cross": ("mfiba", "cross")}
-WARM_FROM = {"mfiba": "base", "hssc_paper": "hssc", "base_cross": "base",
-             "mfiba_cross": "base_cross"}
+# The config (module, argument) of each method; the zoo's base and MFIBA are cross-scale.
+CONFIGS = {"base": ("base", "cross"), "mfiba": ("mfiba", "cross"),
+           "base_per_scale": ("base", ""), "mfiba_per_scale": ("mfiba", "")}
+VARIANTS = ("base_per_scale", "mfiba_per_scale")
+WARM_FROM = {"mfiba": "base", "hssc_paper": "hssc", "mfiba_per_scale": "base_per_scale"}
 PART_BYTES = 15_000_000  # parts stay under 16 MB
 PAD_VALUE = 114.0
 
@@ -137,7 +140,7 @@ def letterbox_canvas(rgb: np.ndarray, side: int) -> np.ndarray:
 # pack (full stack)
 
 def _method_config(method: str):
-  name, arg = VARIANTS.get(method, (method, ""))
+  name, arg = CONFIGS.get(method, (method, ""))
   return importlib.import_module(f"configs.{name}").get_config(arg)
 
 

@@ -17,8 +17,9 @@ PY=${PY:-.venv/bin/python}
 mkdir -p "$RUNS"
 train_one() {
   m=$1
-  config=$m; [ "$m" = base ] && config=base
-  "$PY" train.py --config "configs/$config.py:steps=$STEPS" --workdir "$RUNS/$m" \
+  args="steps=$STEPS"
+  case $m in base|mfiba) args="cross,$args";; esac  # the zoo's base and MFIBA are cross-scale
+  "$PY" train.py --config "configs/$m.py:$args" --workdir "$RUNS/$m" \
     --config.data.cache_dir="$RUNS/feature_cache" --config.progress=False >> "$RUNS/$m.log" 2>&1
   "$PY" -c "from hssc_jax import zoo; print(zoo.export('$RUNS/$m', '$m'))" >> "$RUNS/$m.log" 2>&1
 }

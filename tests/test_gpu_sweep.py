@@ -109,7 +109,7 @@ def test_bad_bundles_are_refused(tmp_path):
   with pytest.raises(gpu_sweep.BundleError, match="holds no zoo files"):
     gpu_sweep.finish(tmp_path, install=False)
   with pytest.raises(gpu_sweep.BundleError, match="unknown methods"):
-    gpu_sweep.pack(tmp_path / "other", ["base", "base_crosss"])
+    gpu_sweep.pack(tmp_path / "other", ["base", "base_cross"])
 
 
 def test_training_path_imports_nothing_the_gpu_machine_lacks():
@@ -131,22 +131,24 @@ def test_pack_train_finish_end_to_end(tmp_path, shared):
   shared("data", "coco-mini", "train2017")
   shared("weights", "yolov5n-coco-v6.0.pt")
   bundle, out = tmp_path / "bundle", tmp_path / "out"
-  gpu_sweep.pack(bundle, ["base", "mfiba", "base_cross", "mfiba_cross"], limit=3)
+  gpu_sweep.pack(bundle, ["base", "mfiba", "base_per_scale", "mfiba_per_scale"], limit=3)
   run = BLOCKER + textwrap.dedent(f"""
       import runpy
       sys.argv = ["gpu_sweep.py", "train", {str(bundle)!r}, {str(out)!r}, "--methods", "base",
-                  "mfiba", "base_cross", "mfiba_cross", "--max-steps", "3"]
+                  "mfiba", "base_per_scale", "mfiba_per_scale", "--max-steps", "3"]
       runpy.run_path({str(REPO / "scripts" / "gpu_sweep.py")!r}, run_name="__main__")
       """)
   r = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True,
                      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, timeout=1200)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "initialised" in r.stdout  # MFIBA started from the sweep's base model
-  assert "the sweep's base_cross" in r.stdout  # and its cross-scale form from base_cross
-  assert gpu_sweep.finish(out, install=False) == ["base", "base_cross", "mfiba", "mfiba_cross"]
+  assert "mfiba: initialised" in r.stdout and "from the sweep's base\n" in r.stdout
+  assert "from the sweep's base_per_scale" in r.stdout  # per-scale MFIBA from per-scale base
+  assert gpu_sweep.finish(out, install=False) == ["base", "base_per_scale", "mfiba",
+                                                  "mfiba_per_scale"]
   from hssc_jax import zoo
-  assert zoo.read_info(zoo.path_of("base_cross", out))["codec"] == "cross_scale"
-  assert zoo.read_info(zoo.path_of("mfiba_cross", out))["codec"] == "mfiba_cross"
+  codecs = {n: zoo.read_info(zoo.path_of(n, out))["codec"] for n in zoo.names(out)}
+  assert codecs == {"base": "cross_scale", "mfiba": "mfiba_cross",
+                    "base_per_scale": "hyperprior", "mfiba_per_scale": "mfiba"}
   info = zoo.read_info(zoo.path_of("mfiba", out))
   assert info["steps"] == 3 and info["codec_kwargs"]["allocation_models"]
   model = zoo.load("mfiba", 2, folder=out)  # a real bitstream through the range coder
@@ -175,14 +177,14 @@ def test_init_from_reads_a_zoo_file_and_refuses_another_codec_or_detector(tmp_pa
   ident = zoo.read_info(zoo.path_of("base"))["detector"]
   assert gpu_sweep.read_init(tmp_path, "lmfc", "lmfc", ident) is None  # no file: not a fine-tune
   moved = dict(ident, weights="/elsewhere/w.pt")  # the same weights at another path
-  info, params = gpu_sweep.read_init(tmp_path, "base", "hyperprior", moved)
-  assert info["codec"] == "hyperprior" and info["steps"] > 0
+  info, params = gpu_sweep.read_init(tmp_path, "base", "cross_scale", moved)
+  assert info["codec"] == "cross_scale" and info["steps"] > 0
   assert all(a.dtype == np.float32 for a in jax.tree.leaves(params))
-  with pytest.raises(gpu_sweep.BundleError, match="'hyperprior' codec"):
+  with pytest.raises(gpu_sweep.BundleError, match="'cross_scale' codec"):
     gpu_sweep.read_init(tmp_path, "base", "mfiba", ident)
   with pytest.raises(gpu_sweep.BundleError, match="for detector"):
-    gpu_sweep.read_init(tmp_path, "base", "hyperprior", dict(ident, weights_sha="0" * 16))
+    gpu_sweep.read_init(tmp_path, "base", "cross_scale", dict(ident, weights_sha="0" * 16))
   path = zoo.path_of("base", tmp_path)
   path.write_bytes(path.read_bytes()[:-10])
   with pytest.raises(gpu_sweep.BundleError, match="--init-from.*truncated"):
-    gpu_sweep.read_init(tmp_path, "base", "hyperprior", ident)
+    gpu_sweep.read_init(tmp_path, "base", "cross_scale", ident)
