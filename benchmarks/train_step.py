@@ -3,7 +3,8 @@
   python benchmarks/train_step.py [--codecs base lmfc hssc hsc mfiba] [--batch 8] [--size 320]
                                   [--steps 20] [--out benchmarks/train_step.md]
 
-Each codec is built from its config file (`configs/<name>.py`, the settings of the real runs) over
+Each codec is built from its config file (`configs/<name>.py`, the settings of the real runs;
+`name:arg` passes an argument, e.g. `base:cross` for the zoo's cross-scale base codec) over
 the YOLOv5n pyramid (P3/P4/P5 with 64/128/256 channels) of `--size` crops, the shapes that the
 feature cache feeds during training. The step is the one `train.py` runs (`train_lib.
 make_train_step`: normalization, a quality drawn per step, forward with noise, rate + lambda x
@@ -49,7 +50,8 @@ def machine() -> str:
 
 
 def bench(name: str, batch: int, size: int, steps: int) -> dict:
-  config = importlib.import_module(f"configs.{name}").get_config()
+  module, _, arg = name.partition(":")  # "base:cross": configs/base.py with argument "cross"
+  config = importlib.import_module(f"configs.{module}").get_config(arg or None)
   stats = tuple((s, (0.0,) * c, (1.0,) * c) for s, c in zip(SCALES, CHANNELS))
   codec = registry.build_codec(config.codec.name, train_lib.codec_kwargs(config, stats), SCALES,
                                CHANNELS)
