@@ -38,8 +38,10 @@ def _name(alpha: float) -> str:
 
 def write_variant(src: Path, alpha: float, folder: Path, name: str) -> Path:
   """A copy of zoo file `src` (an MFIBA model) with encode_exponent = alpha, as `name`."""
-  if zoo.read_info(src)["codec"] != "mfiba":
-    raise SystemExit(f"{src} does not hold an MFIBA model")
+  from hssc_jax.codecs import mfiba, registry  # pylint: disable=g-import-not-at-top
+  codec = zoo.read_info(src)["codec"]
+  if not issubclass(registry.codec_class(codec), mfiba.MFIBACodec):  # per-scale or cross-scale
+    raise SystemExit(f"{src} does not hold an MFIBA model (codec {codec!r})")
   return zoo.resave(src, folder, name, encode_exponent=float(alpha))
 
 
