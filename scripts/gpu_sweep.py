@@ -61,11 +61,11 @@ MANIFEST = "manifest.json"
 IMAGES = "images.npz"
 DETECTOR = "detector.msgpack"
 METHODS = ("base", "lmfc", "hssc", "hsc", "mfiba", "hssc_paper")  # warm sources come first
-# Candidates packed beside the sweep's methods but trained only when named: name -> (config, arg).
-# The config (module, argument) of each method; the zoo's base and MFIBA are cross-scale.
+# Config (module, argument) of each method where it is not (name, ""): the zoo's base and MFIBA are
+# cross-scale; the per-scale forms are candidates, packed but trained only when named (VARIANTS).
 CONFIGS = {"base": ("base", "cross"), "mfiba": ("mfiba", "cross"),
            "base_per_scale": ("base", ""), "mfiba_per_scale": ("mfiba", "")}
-VARIANTS = ("base_per_scale", "mfiba_per_scale")
+VARIANTS = tuple(m for m in CONFIGS if m not in METHODS)
 WARM_FROM = {"mfiba": "base", "hssc_paper": "hssc", "mfiba_per_scale": "base_per_scale"}
 PART_BYTES = 15_000_000  # parts stay under 16 MB
 PAD_VALUE = 114.0
