@@ -141,24 +141,30 @@ def upgrade(path: str | Path) -> Path:
 
 
 def resave(path: str | Path, folder: str | Path | None = None, name: str | None = None,
-           rebuild_tables: bool = False, **codec_options: Any) -> Path:
+           rebuild_tables: bool = False, params: Any = None, **codec_options: Any) -> Path:
   """Writes zoo file `path` again, its parameters and header info as they are and
   `codec_options` merged into its codec options (e.g. MFIBA's fitted models or encoder exponent),
-  as `name` (default: its own) in `folder` (default: its own).
+  as `name` (default: its own) in `folder` (default: its own); `params`, if given, replaces its
+  parameters (the same tree, e.g. an encoder-side network refitted).
 
-  The file's tables are kept where the options leave them alone (this machine builds the same
-  tables with and without them), so an encoder setting changed on another machine does not move
-  their last bits (nor the fingerprints); they are rebuilt where the options change them, where
-  the file has none (version 1) or with `rebuild_tables`."""
-  info, params, stored = _read(path)
+  The file's tables are kept where the options and parameters leave them alone (this machine
+  builds the same tables with and without them), so an encoder setting changed on another machine
+  does not move their last bits (nor the fingerprints); they are rebuilt where the change moves
+  them, where the file has none (version 1) or with `rebuild_tables`."""
+  info, old_params, stored = _read(path)
+  params = old_params if params is None else params
+  if jax.tree.structure(params) != jax.tree.structure(old_params) or any(
+      np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(params),
+                                                 jax.tree.leaves(old_params))):
+    raise ZooError(f"replacement parameters do not match the tree of {path}")
   keep = {k: v for k, v in info.items() if k not in (
       "name", "codec", "codec_kwargs", "scales", "channels", "payload_sha256", "fingerprints",
       "tables_bytes")}
   kwargs = dict(info["codec_kwargs"], **codec_options)
   tables = None
   if stored is not None and not rebuild_tables:
-    before, after = (_build(dict(info, codec_kwargs=k)).build_tables(params)
-                     for k in (info["codec_kwargs"], kwargs))
+    before, after = (_build(dict(info, codec_kwargs=k)).build_tables(p)
+                     for k, p in ((info["codec_kwargs"], old_params), (kwargs, params)))
     tables = stored if _same_tree(before, after) else after  # `after`: not built a third time
   return save(name or info["name"], info["codec"], kwargs, info["scales"], info["channels"],
               params, Path(path).parent if folder is None else folder, tables=tables, **keep)

@@ -8,6 +8,7 @@ against the base codec is the one to ship.
 
   python scripts/mfiba_alpha.py --alphas 0,0.25,0.5,1 --qualities 2+4 --workdir runs/mfiba_alpha
   python scripts/mfiba_alpha.py ... --write     # also stores the chosen alpha in the zoo's mfiba
+  python scripts/mfiba_alpha.py --source runs/mfiba_imp/zoo/mfiba.hsz ...  # another MFIBA file
   python scripts/mfiba_alpha.py --recalibrate --cache-dir runs/zoo_train/feature_cache ...
 
 --recalibrate first refits the zoo model's task loss-rate and rate-gain models (`mfiba.calibrate`,
@@ -81,6 +82,8 @@ def main(argv=None) -> None:
   p.add_argument("--recalibrate", action="store_true",
                  help="refit the allocation models first (needs --cache-dir)")
   p.add_argument("--cache-dir", default="runs/zoo_train/feature_cache")
+  p.add_argument("--source", default=None,
+                 help="the MFIBA zoo file to start from (default: the zoo's mfiba)")
   p.add_argument("--write", action="store_true",
                  help="store the chosen alpha in hssc_jax/assets/zoo/mfiba.hsz")
   args = p.parse_args(argv)
@@ -91,7 +94,9 @@ def main(argv=None) -> None:
   folder = work / "zoo"
   folder.mkdir(parents=True, exist_ok=True)
   shutil.copy(zoo.path_of("base"), folder / "base.hsz")
-  source = zoo.path_of("mfiba")
+  source = Path(args.source) if args.source else zoo.path_of("mfiba")
+  if not source.is_file():
+    raise SystemExit(f"--source {source} is not a file")
   if args.recalibrate:
     source = recalibrate(source, args.cache_dir, work / "recalibrated")
   names = {a: _name(a) for a in alphas}

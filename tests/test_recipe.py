@@ -382,6 +382,28 @@ def test_resave_keeps_the_tables_another_machine_built(smoke_zoo):
   assert same(built, rebuilt) and not same(built, other) and not same(built, {"p3": built["p3"]})
 
 
+def test_resave_replaces_parameters_of_the_same_tree(smoke_zoo):
+  """`resave(params=...)` writes other parameters of the same tree (e.g. MFIBA's MFIP refitted by
+  scripts/mfiba_importance.py) under a new fingerprint; a tree of another shape is refused before
+  anything is written."""
+  root, path = smoke_zoo
+  info, params, _ = zoo._read(path)  # pylint: disable=protected-access
+  moved = jax.tree_util.tree_map_with_path(
+      lambda p, a: np.asarray(a) * 0.5 if "kernel" in jax.tree_util.keystr(p) else np.asarray(a),
+      params)
+  out = zoo.resave(path, root / "halved", "tiny_half", params=moved)
+  _, back, _ = zoo._read(out)  # pylint: disable=protected-access
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(moved)):
+    np.testing.assert_array_equal(a, np.asarray(b, np.float16).astype(np.float32))
+  assert zoo.read_info(out)["fingerprints"] != info["fingerprints"]
+  assert zoo.load("tiny_half", 1, root / "halved").quality == 1
+  wrong = dict(params)
+  wrong.pop(sorted(wrong)[0])
+  with pytest.raises(zoo.ZooError, match="do not match the tree"):
+    zoo.resave(path, root / "bad", "tiny_bad", params=wrong)
+  assert not (root / "bad" / "tiny_bad.hsz").exists()
+
+
 @pytest.mark.parametrize("name", zoo.names())
 def test_every_shipped_zoo_model_loads_on_this_machine(name):
   """The shipped files carry their tables and fingerprints: a library change that would decode

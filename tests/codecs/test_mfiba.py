@@ -431,3 +431,50 @@ def test_alpha_script_takes_the_zoo_mfiba_on_either_base(tmp_path):
   assert zoo.read_info(out)["codec_kwargs"]["encode_exponent"] == 0.25
   with pytest.raises(SystemExit, match="does not hold an MFIBA model"):
     script.write_variant(zoo.path_of("base"), 0.25, tmp_path, "base_a025")
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(
+      name, Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_importance_labels_follow_the_papers_normalisation():
+  """Labels of scripts/mfiba_importance.py: per image and quality the task losses are min-max
+  normalised over the scales (all equal: 1 each), summed over qualities, normalised to sum S."""
+  script = _script("mfiba_importance")
+  losses = np.array([[[1.0, 2.0], [3.0, 6.0], [2.0, 4.0]],  # p4 > p5 > p3 at both qualities
+                     [[5.0, 5.0], [5.0, 5.0], [5.0, 5.0]],  # nothing to choose between scales
+                     [[1.0, 9.0], [2.0, 1.0], [3.0, 5.0]]])  # the order changes with quality
+  w = script.importance_labels(losses)
+  np.testing.assert_allclose(w.sum(axis=1), 3.0)
+  np.testing.assert_allclose(w[0], [0.0, 2.0, 1.0])
+  np.testing.assert_allclose(w[1], [1.0, 1.0, 1.0])
+  np.testing.assert_allclose(w[2], np.array([1.0, 0.5, 1.5]) * 3 / 3.0)
+
+
+def test_importance_fit_and_centring_of_mfip():
+  """MFIP fitted to labels that follow an input statistic learns them (held-out cross-entropy below
+  the start), and `centred` moves its mean log importance to the target up to a common constant
+  (sum_s w_s = S fixes that constant) without changing how it varies between inputs."""
+  script = _script("mfiba_importance")
+  rng = np.random.default_rng(0)
+  def pyramid(n):
+    x = [rng.normal(size=(n, 8 >> i, 8 >> i, 4)).astype(np.float32) for i in range(3)]
+    level = rng.uniform(-2, 2, size=n).astype(np.float32)
+    x[2] += level[:, None, None, None]
+    logits = np.stack([np.zeros(n), np.zeros(n), level], 1)
+    return x, 3 * np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  (x_fit, w_fit), (x_held, w_held) = pyramid(64), pyramid(32)
+  net = mfiba.MFIP(3, 8)
+  init = net.init(jax.random.PRNGKey(0), x_fit)["params"]
+  fitted, log, best = script.fit_mfip(init, 8, x_fit, w_fit, x_held, w_held, 200, 1e-2, 0.0)
+  assert best > 0 and min(h for _, _, h in log) < 0.9 * log[0][2]
+  target = np.array([0.3, -0.1, -0.4])
+  new = script.centred(fitted, 8, x_fit, target)
+  before, after = (np.asarray(net.apply({"params": p}, x_fit)) for p in (fitted, new))
+  gap = after.mean(0) - target
+  assert np.ptp(gap) < 2e-2 and np.ptp(before.mean(0) - target) > 0.1
+  assert np.corrcoef(before[:, 2], after[:, 2])[0, 1] > 0.99
