@@ -20,7 +20,7 @@ one with the lowest cross-entropy on other train images (default coco-mini train
 layer is then moved so its mean log importance over the label images equals the source model's:
 the average split across scales, which the codec's gain offsets were trained with, stays, and
 only how the split varies between images changes. The model is written to <workdir>/zoo/mfiba.hsz
-(the source's codec, decoder and every other parameter unchanged).
+(under the name in the source's header; its codec, decoder and every other parameter unchanged).
 """
 
 import argparse
@@ -208,7 +208,7 @@ def main(argv=None) -> None:
     print(f"{k}: source MFIP {spread(before[k])}\n{k}: fitted MFIP {spread(after[k])}; "
           f"correlation with the labels' log {', '.join(f'{c:.2f}' for c in corr)}")
   params = dict(loaded.params, mfip=new)
-  out = zoo.resave(src, work / "zoo", src.stem, params=params)
+  out = zoo.resave(src, work / "zoo", params=params)  # under the name in its header
   (work / "fit.json").write_text(json.dumps({"log": log, "best_step": best_step,
                                              "constant_ce": const_ce}, indent=1))
   print(f"wrote {out}")
