@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import tqdm
 
 from hssc_jax import errors
@@ -31,6 +32,20 @@ def build_detector(config: ml_collections.ConfigDict) -> tuple[SplitDetector, An
   """The detector named by `config.detector` and its parameters (`detectors.factory.build`)."""
   from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
   return factory.build(config.detector)
+
+
+def split_features(config: ml_collections.ConfigDict
+                   ) -> tuple[list[dict[str, Any]], SplitDetector, Any]:
+  """(part-1 features of every image of `config`'s split, one pyramid of numpy arrays per batch
+  without padding rows, detector, its parameters): the pyramids an evaluation codes."""
+  det, det_vars = build_detector(config)
+  part1 = jax.jit(det.part1)
+  feats = []
+  for batch in pipeline.eval_data_of(config):
+    n = len(batch["images"])
+    x, _ = det.preprocess(list(batch["images"]))
+    feats.append({s: np.asarray(a)[:n] for s, a in part1(det_vars, x).items()})
+  return feats, det, det_vars
 
 
 def run_detector(detector: SplitDetector, params: Any, data: pipeline.EvalData, *,

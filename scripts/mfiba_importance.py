@@ -41,7 +41,6 @@ from hssc_jax import detector_eval  # pylint: disable=wrong-import-position
 from hssc_jax import zoo  # pylint: disable=wrong-import-position
 from hssc_jax.codecs import base  # pylint: disable=wrong-import-position
 from hssc_jax.codecs import mfiba  # pylint: disable=wrong-import-position
-from hssc_jax.data import pipeline  # pylint: disable=wrong-import-position
 from hssc_jax.detectors import factory  # pylint: disable=wrong-import-position
 from hssc_jax.training import loss as loss_lib  # pylint: disable=wrong-import-position
 
@@ -51,16 +50,8 @@ SHARED = ROOT.parent / "shared" / "data"
 def features(root: str, split: str):
   """Part-1 features (raw, per batch) of every image of a COCO-format folder, letterboxed as the
   zoo evaluation does, with the detector."""
-  cfg = zoo_config.get_config(f"models=base,split={split},root={root},anchors=false,"
-                              "image_anchor=false")
-  det, det_vars = detector_eval.build_detector(cfg)
-  part1 = jax.jit(det.part1)
-  feats = []
-  for batch in pipeline.eval_data_of(cfg):
-    n = len(batch["images"])
-    x, _ = det.preprocess(list(batch["images"]))
-    feats.append({s: np.asarray(a)[:n] for s, a in part1(det_vars, x).items()})
-  return feats, det, det_vars
+  return detector_eval.split_features(zoo_config.get_config(
+      f"models=base,split={split},root={root},anchors=false,image_anchor=false"))
 
 
 def task_losses(loaded, feats, heads, qualities) -> np.ndarray:

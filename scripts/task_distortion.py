@@ -24,22 +24,14 @@ sys.path.insert(0, str(ROOT))
 from configs.eval import zoo as zoo_config  # pylint: disable=wrong-import-position
 from hssc_jax import detector_eval  # pylint: disable=wrong-import-position
 from hssc_jax import zoo  # pylint: disable=wrong-import-position
-from hssc_jax.data import pipeline  # pylint: disable=wrong-import-position
 from hssc_jax.detectors import factory  # pylint: disable=wrong-import-position
 from hssc_jax.training import loss as loss_lib  # pylint: disable=wrong-import-position
 
 
 def split_features(model: str, split: str) -> tuple[list[dict[str, np.ndarray]], object, object]:
   """Part-1 features of every image of `split` (as the zoo evaluation prepares them)."""
-  cfg = zoo_config.get_config(f"models={model},split={split},anchors=false,image_anchor=false")
-  det, det_vars = detector_eval.build_detector(cfg)
-  part1 = jax.jit(det.part1)
-  feats = []
-  for batch in pipeline.eval_data_of(cfg):
-    n = len(batch["images"])
-    x, _ = det.preprocess(list(batch["images"]))
-    feats.append({s: np.asarray(a)[:n] for s, a in part1(det_vars, x).items()})
-  return feats, det, det_vars
+  return detector_eval.split_features(zoo_config.get_config(
+      f"models={model},split={split},anchors=false,image_anchor=false"))
 
 
 def measure(model: str, quality: int, feats, det, det_vars, folder=None) -> dict[str, float]:

@@ -193,3 +193,20 @@ def test_finished_points_are_bound_to_the_model_they_measured(tmp_path):
                    for n, f in (("mfiba", ""), ("mfiba_half", str(tmp_path / "zoo"))))
   assert half.split()[0] == shipped.split()[0] and half != shipped
   assert half.endswith('{"encode_exponent": 0.75}')
+
+
+def test_split_features_hold_every_image_once(demo_root):
+  """`detector_eval.split_features`: one pyramid per batch, padding rows dropped, every image of the
+  split once, each equal to part 1 of that image coded alone."""
+  from configs.eval import demo  # pylint: disable=g-import-not-at-top
+  from hssc_jax import detector_eval  # pylint: disable=g-import-not-at-top
+  from hssc_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = demo.get_config(f"root={demo_root},methods=base,lambdas=256,smoke")
+  feats, det, det_vars = detector_eval.split_features(config)
+  sizes = [len(f[det.feature_names[0]]) for f in feats]
+  assert sum(sizes) == 8 and all(sorted(f) == sorted(det.feature_names) for f in feats)
+  first = next(iter(pipeline.eval_data_of(config)))["images"][:1]
+  x, _ = det.preprocess(list(first))
+  alone = det.part1(det_vars, x)
+  for s in det.feature_names:
+    np.testing.assert_allclose(feats[0][s][:1], np.asarray(alone[s]), rtol=1e-4, atol=1e-4)
