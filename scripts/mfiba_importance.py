@@ -167,14 +167,16 @@ def main(argv=None) -> None:
   qualities = [int(q) for q in args.qualities.split(",")]
   sets = {}
   for key, root in (("label", args.label_root), ("heldout", args.heldout_root)):
-    cache = work / f"labels_{key}.npz"
+    cache = work / f"labels_{key}.npz"  # reused only for the same model, images and qualities
+    made_by = json.dumps([loaded.info["fingerprints"], str(root), args.split, qualities])
     feats, det, det_vars = features(root, args.split)
-    if cache.exists():
-      losses = np.load(cache)["losses"]
+    stored = np.load(cache) if cache.exists() else {}
+    if "made_by" in stored and str(stored["made_by"]) == made_by:
+      losses = stored["losses"]
     else:
       heads = jax.jit(lambda f, d=det, v=det_vars: factory.task_outputs(d, v, f))
       losses = task_losses(loaded, feats, heads, qualities)
-      np.savez(cache, losses=losses)
+      np.savez(cache, losses=losses, made_by=np.array(made_by))
     sets[key] = (stack(feats, codec), importance_labels(losses))
     print(f"{key}: {losses.shape[0]} images; label importance per scale {codec.scales}: "
           f"{spread(np.log(np.maximum(sets[key][1], 1e-3)))}", flush=True)
