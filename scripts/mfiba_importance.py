@@ -61,21 +61,20 @@ def task_losses(loaded, feats, heads, qualities) -> np.ndarray:
   out = np.zeros((sum(len(next(iter(f.values()))) for f in feats), len(codec.scales),
                   len(qualities)))
   per_image = jax.jit(jax.vmap(lambda a, b: loss_lib.task_distortion(a[None], b[None])))
-  for j, q in enumerate(qualities):
-    model = codec.clone(quality=q, allocation_models=None) if codec.qualities else codec
-    fwd = base.compiled(model, "forward_with_indexes")
-    alloc = base.compiled(model, "allocation_indexes")
-    row = 0
-    for f in feats:
-      n = len(next(iter(f.values())))
-      norm = model.normalize(f)
-      ref = heads(f)
-      _, idx = alloc(params, norm)
-      hat, _ = fwd(params, norm, idx)
+  models = [codec.clone(quality=q, allocation_models=None) if codec.qualities else codec
+            for q in qualities]
+  row = 0
+  for f in feats:  # the reference head outputs and normalisation once per batch, not per quality
+    n = len(next(iter(f.values())))
+    norm = codec.normalize(f)
+    ref = heads(f)
+    for j, model in enumerate(models):
+      _, idx = base.compiled(model, "allocation_indexes")(params, norm)
+      hat, _ = base.compiled(model, "forward_with_indexes")(params, norm, idx)
       for i, s in enumerate(codec.scales):
-        head = heads(model.denormalize(dict(norm, **{s: hat[s]})))
+        head = heads(codec.denormalize(dict(norm, **{s: hat[s]})))
         out[row:row + n, i, j] = np.asarray(per_image(ref, head))
-      row += n
+    row += n
   return out
 
 
