@@ -419,26 +419,24 @@ def test_warm_start_from_base_codec_codes_as_it():
     train_lib.read_warm_start("runs/some_workdir")
 
 
-def test_alpha_script_takes_the_zoo_mfiba_on_either_base(tmp_path):
-  """scripts/mfiba_alpha.py writes encoder-exponent variants of the zoo's MFIBA (cross-scale since
-  stop 39; the per-scale MFIBACodec before) and refuses a file that is not MFIBA."""
-  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "mfiba_alpha", Path(__file__).resolve().parents[2] / "scripts" / "mfiba_alpha.py")
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  out = script.write_variant(zoo.path_of("mfiba"), 0.25, tmp_path, "mfiba_a025")
-  assert zoo.read_info(out)["codec_kwargs"]["encode_exponent"] == 0.25
-  with pytest.raises(SystemExit, match="does not hold an MFIBA model"):
-    script.write_variant(zoo.path_of("base"), 0.25, tmp_path, "base_a025")
-
-
 def _script(name):
+  """scripts/<name>.py loaded as a module."""
   spec = importlib.util.spec_from_file_location(
       name, Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def test_alpha_script_takes_the_zoo_mfiba_on_either_base(tmp_path):
+  """scripts/mfiba_alpha.py writes encoder-exponent variants of the zoo's MFIBA (cross-scale since
+  stop 39; the per-scale MFIBACodec before) and refuses a file that is not MFIBA."""
+  from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
+  script = _script("mfiba_alpha")
+  out = script.write_variant(zoo.path_of("mfiba"), 0.25, tmp_path, "mfiba_a025")
+  assert zoo.read_info(out)["codec_kwargs"]["encode_exponent"] == 0.25
+  with pytest.raises(SystemExit, match="does not hold an MFIBA model"):
+    script.write_variant(zoo.path_of("base"), 0.25, tmp_path, "base_a025")
 
 
 def test_importance_labels_follow_the_papers_normalisation():
