@@ -5,18 +5,21 @@ r"""The base learned codec: a mean-scale hyperprior per pyramid scale (hssc_jax.
   python train.py --config configs/base.py:lmbda=8,steps=20000 --workdir runs/base_l8
   python train.py --config configs/base.py:context --workdir runs/base_ctx  # channel-wise context
   python train.py --config configs/base.py:cross --workdir runs/base_cross  # cross-scale conditioning
+  python train.py --config configs/base.py:cross,wide --workdir runs/base_wide \
+    --config.init_from=zoo:base --config.init_widen=True  # the zoo's base codec, widened
 
 The zoo's base codec is the cross-scale one (`cross`); the default is the per-scale codec.
 
 Arguments: smoke, context (channel-wise context entropy model), cross (each scale conditioned on the
-finer one, `hssc_jax.codecs.cross_scale`), lmbda, steps, task (weight of the detector-head
-distillation term). Any field can be overridden on the command line, e.g.
+finer one, `hssc_jax.codecs.cross_scale`), wide (latents of 192, 256, 384 channels for P3, P4, P5
+instead of 64, 96, 128, and 128 hidden channels in P3's transforms), lmbda, steps, task (weight of
+the detector-head distillation term). Any field can be overridden on the command line, e.g.
 `--config.data.batch_size=16`. `get_sweep()` lists the lambda sweep for an RD curve.
 """
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, context=False, cross=False, lmbda=0.0, steps=100_000,
+DEFAULTS = dict(smoke=False, context=False, cross=False, wide=False, lmbda=0.0, steps=100_000,
                 task=common.TASK_WEIGHT)
 
 
@@ -26,6 +29,8 @@ def get_config(arg=None):
                 hyper_channels=(48, 64, 64), stages=(2, 1, 1), transform="gdn",
                 context_slices=4 if arg.context else 0, context_hidden=(96, 64),
                 train_quantization="noise")
+  if arg.wide:  # latents wide enough for near-lossless features (scripts/transform_ceiling.py)
+    kwargs.update(latent_channels=(192, 256, 384), hidden_channels=(128, 96, 128))
   if arg.smoke:
     kwargs.update(latent_channels=8, hidden_channels=8, hyper_channels=8, context_hidden=(8,))
   if arg.cross:

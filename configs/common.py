@@ -94,6 +94,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.init_from = ""  # warm start (new optimizer): a workdir's latest parameters, or "zoo:<name>",
   # or several joined by "+" (later sources override earlier ones at the same parameter path)
   c.init_skip_mismatched = False  # warm start: leave arrays whose shape differs at their init
+  c.init_widen = False  # warm start of a wider codec: narrower arrays fill the leading blocks
   c.distributed = False
   c.progress = True
 

@@ -35,6 +35,7 @@ from hssc_jax.training import checkpoints
 from hssc_jax.training import feature_cache
 from hssc_jax.training import loss as loss_lib
 from hssc_jax.training import summary
+from hssc_jax.training import widen as widen_lib
 
 # Importable with JAX, flax, optax and orbax alone (scripts/gpu_sweep.py on an accelerator): configs
 # are read by attribute, tf.data and tqdm are imported where used.
@@ -316,26 +317,31 @@ def _read_one_warm_start(init_from: str) -> tuple[dict[str, Any], Any]:
   return zoo.read(zoo.path_of(name))
 
 
-def overlay_params(params: Any, source: Any, skip_mismatched: bool = False
+def overlay_params(params: Any, source: Any, skip_mismatched: bool = False, widen: bool = False
                    ) -> tuple[Any, int, int]:
   """`params` with every array that `source` holds at the same path and shape replaced by it
   (e.g. MFIBA started from the base codec, whose per-scale models it shares). Returns (params,
   arrays copied, arrays in all); ConfigError when nothing matches or, unless `skip_mismatched`
-  (an ablation started from the full model), a shared path differs in shape.
+  (an ablation started from the full model) or `widen`, a shared path differs in shape. With
+  `widen`, a narrower source array is copied into the leading block of the wider one so the wider
+  codec starts computing what the source did (`training.widen`).
   """
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
   src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source))
   clash = [k for k in flat if k in src and np.shape(src[k]) != np.shape(flat[k])]
+  widened, clash = (clash, []) if widen else ([], clash)
+  for k in widened:
+    flat[k] = jnp.asarray(widen_lib.widen_array("/".join(k), src[k], flat[k]), flat[k].dtype)
   if clash and not skip_mismatched:
     raise errors.ConfigError(
         "warm start: parameters of the same name differ in shape, e.g. "
         f"{'/'.join(clash[0])} {np.shape(src[clash[0]])} vs {np.shape(flat[clash[0]])}")
-  copied = [k for k in flat if k in src and k not in clash]
-  if not copied:
+  copied = [k for k in flat if k in src and k not in clash and k not in widened]
+  if not copied and not widened:
     raise errors.ConfigError("warm start: the source shares no parameter with this codec")
   for k in copied:
     flat[k] = jnp.asarray(src[k], flat[k].dtype)
-  return flax.traverse_util.unflatten_dict(flat), len(copied), len(flat)
+  return flax.traverse_util.unflatten_dict(flat), len(copied) + len(widened), len(flat)
 
 
 CONSTANTS_FILE = "constants.json"  # codec fields fitted after training (e.g. MFIBA's allocation)
@@ -390,7 +396,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   elif config.get("init_from", ""):
     # Warm start (e.g. a new lambda sweep): the parameters of another run, a fresh optimizer.
     init, copied, total = overlay_params(state["params"], warm[1],
-                                         bool(config.get("init_skip_mismatched", False)))
+                                         bool(config.get("init_skip_mismatched", False)),
+                                         bool(config.get("init_widen", False)))
     print(f"initialised {copied} of {total} parameter arrays from {config.init_from}")
     state = jax.device_put({"step": state["step"], "params": init, "opt_state": tx.init(init)},
                            replicated)

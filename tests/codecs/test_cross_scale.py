@@ -7,6 +7,7 @@ import pytest
 
 from hssc_jax import bitstream
 from hssc_jax import errors
+from hssc_jax import train_lib
 from hssc_jax.codecs.cross_scale import CrossScaleCodec
 from hssc_jax.codecs.cross_scale import CrossScaleMFIBACodec
 from hssc_jax.codecs.hyperprior import HyperpriorCodec
@@ -187,3 +188,30 @@ def test_mfiba_cross_starts_as_the_cross_scale_codec_it_is_warm_started_from():
     np.testing.assert_allclose(got["features_hat"][s], want["features_hat"][s], atol=1e-6)
   for k in want["bits"]:
     np.testing.assert_allclose(got["bits"][k], want["bits"][k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(qualities=3, quality=1)], ids=["one_rate", "variable"])
+def test_a_widened_codec_starts_as_the_narrow_one(kw):
+  """Warm start with `init_widen`: a codec with wider latents (and P3 hidden layer) built from a
+  trained narrow one reconstructs the same features, while its new channels are live (they move
+  the output once their zero synthesis weights are perturbed)."""
+  feats = checks.pyramid()
+  narrow = CrossScaleCodec(**SMALL, **kw)
+  wide = CrossScaleCodec(**dict(SMALL, latent_channels=(40, 28, 32), hidden_channels=32), **kw)
+  vn = _perturbed(checks.init(narrow, feats))
+  vw = checks.init(wide, feats)
+  params, copied, total = train_lib.overlay_params(vw["params"], vn["params"], widen=True)
+  assert copied == total == len(jax.tree.leaves(vn["params"]))
+  out_n = narrow.apply(vn, feats, False)
+  out_w = wide.apply({"params": params}, feats, False)
+  for s in feats:
+    np.testing.assert_allclose(out_w["features_hat"][s], out_n["features_hat"][s], atol=1e-5)
+  kernel = params["models_p4"]["g_s"]["ConvTranspose_0"]["kernel"]
+  np.testing.assert_array_equal(kernel[:, :, 20:, :], 0.0)  # P4's 8 new latent channels
+  params["models_p4"]["g_s"]["ConvTranspose_0"]["kernel"] = kernel.at[:, :, 20:, :].add(0.1)
+  out_m = wide.apply({"params": params}, feats, False)
+  assert not np.allclose(out_m["features_hat"]["p4"], out_n["features_hat"]["p4"], atol=1e-3)
+  with pytest.raises(errors.ConfigError, match="warm start"):
+    train_lib.overlay_params(vw["params"], vn["params"])
+  with pytest.raises(errors.ConfigError, match="cannot widen"):
+    train_lib.overlay_params(vn["params"], vw["params"], widen=True)
