@@ -425,3 +425,25 @@ def test_zoo_points_from_another_folder(smoke_zoo):
                                                    ("q1", str(root / "zoo"))]
   with pytest.raises(errors.ConfigError, match="no zoo model 'tiny'"):
     codec_eval.points_of(ml_collections.ConfigDict({"methods": [dict(method, folder="")]}))
+
+
+def test_transform_ceiling_passes_latents_through_unrounded_only_within_its_block():
+  """scripts/transform_ceiling.py: within `unquantized()` the codec's test-time forward skips the
+  rounding (so the output is the transforms' own reconstruction); outside it, rounding is back."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "transform_ceiling", Path(__file__).resolve().parents[1] / "scripts" / "transform_ceiling.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  codec = HyperpriorCodec(**SMALL)
+  feats = codec.normalize(_feats())
+  params, _ = _init(codec, feats)
+  run = lambda: codec.apply({"params": params}, feats, False)["features_hat"]["p3"]
+  rounded = run()
+  with script.unquantized():
+    exact = run()
+    x = jnp.linspace(-2.0, 2.0, 9)
+    np.testing.assert_array_equal(script.quantization.quantize(x, "round")[0], x)
+  assert not np.allclose(exact, rounded, atol=1e-4)
+  np.testing.assert_array_equal(run(), rounded)
