@@ -102,8 +102,8 @@ def pca_floor(split: Split, model: zoo.ZooModel) -> dict[str, tuple[int, int, fl
     k = 2 ** int(np.broadcast_to(kwargs["stages"], (len(model.codec.scales),))[i])
     width = int(kwargs["latent_channels"][i])
     a = np.concatenate([f[s][:n] for n, _, _, f in split.batches])
+    a = a[:, :a.shape[1] - a.shape[1] % k, :a.shape[2] - a.shape[2] % k]
     n, h, w, c = a.shape
-    a = a[:, :h - h % k, :w - w % k]
     patches = a.reshape(n, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
     patches = patches.reshape(-1, k * k * c).astype(np.float64)
     eig = np.linalg.eigvalsh(np.cov(patches - patches.mean(0), rowvar=False))[::-1]
