@@ -34,3 +34,18 @@ def yolov5n_weights():
 @pytest.fixture(scope="session")
 def coco_mini():
   return shared_path("data", "coco-mini")
+
+
+@pytest.fixture(scope="session")
+def load_script():
+  """A loader of scripts/<name>.py as a module (the scripts are not a package)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  loaded = {}
+
+  def load(name: str):
+    if name not in loaded:
+      spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+      loaded[name] = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(loaded[name])
+    return loaded[name]
+  return load

@@ -427,15 +427,10 @@ def test_zoo_points_from_another_folder(smoke_zoo):
     codec_eval.points_of(ml_collections.ConfigDict({"methods": [dict(method, folder="")]}))
 
 
-def test_transform_ceiling_passes_latents_through_unrounded_only_within_its_block():
+def test_transform_ceiling_passes_latents_through_unrounded_only_within_its_block(load_script):
   """scripts/transform_ceiling.py: within `unquantized()` the codec's test-time forward skips the
   rounding (so the output is the transforms' own reconstruction); outside it, rounding is back."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from pathlib import Path  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "transform_ceiling", Path(__file__).resolve().parents[1] / "scripts" / "transform_ceiling.py")
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = load_script("transform_ceiling")
   codec = HyperpriorCodec(**SMALL)
   feats = codec.normalize(_feats())
   params, _ = _init(codec, feats)
