@@ -398,6 +398,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     init, copied, total = overlay_params(state["params"], warm[1],
                                          bool(config.get("init_skip_mismatched", False)),
                                          bool(config.get("init_widen", False)))
+    if config.get("init_widen", False):
+      source = registry.build_codec(config.codec.name, warm[0]["codec_kwargs"],
+                                    detector.feature_names, channels)
+      widen_lib.check_preserved(source, warm[1], codec, init, feats0)
     print(f"initialised {copied} of {total} parameter arrays from {config.init_from}")
     state = jax.device_put({"step": state["step"], "params": init, "opt_state": tx.init(init)},
                            replicated)

@@ -14,7 +14,10 @@ that start unused:
   the cross-scale condition's four heads) are widened block by block.
 
 So the widened model computes the same features as the narrow one, and training teaches the new
-channels what the narrow latent could not carry.
+channels what the narrow latent could not carry. The blocked arrays are found by name, and a
+channel-wise context model (HSC, `context_slices`) slices its latent in ways this does not follow:
+`check_preserved` measures the promise on real features, and training refuses a warm start that
+breaks it.
 """
 
 from typing import Any
@@ -48,3 +51,18 @@ def widen_array(path: str, source: Any, init: Any) -> np.ndarray:
   for b in range(n):
     out[lead + (slice(b * ct, b * ct + cs),)] = src[..., b * cs:(b + 1) * cs]
   return out
+
+
+def check_preserved(narrow: Any, narrow_params: Any, wide: Any, wide_params: Any, features: Any,
+                    atol: float = 1e-3) -> None:
+  """ConfigError unless codec `wide` with `wide_params` reconstructs (test-time forward, rounded
+  latents) what `narrow` with `narrow_params` does on the normalised `features`, to `atol`."""
+  out = [c.apply({"params": p}, features, False)["features_hat"]
+         for c, p in ((narrow, narrow_params), (wide, wide_params))]
+  worst = {s: float(np.max(np.abs(np.asarray(out[0][s]) - np.asarray(out[1][s])))) for s in out[0]}
+  bad = {s: round(d, 6) for s, d in worst.items() if not d <= atol}
+  if bad:
+    raise errors.ConfigError(
+        f"warm start: the widened codec does not reconstruct what its source does (largest "
+        f"difference per scale {bad}); training/widen.py keeps the function only of codecs whose "
+        "wide arrays it knows (not a channel-wise context model)")

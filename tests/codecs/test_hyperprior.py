@@ -85,3 +85,26 @@ def test_bad_config():
     checks.init(HyperpriorCodec(**{**SMALL, "channels": (16, 32)}), checks.pyramid())
   with pytest.raises(errors.ConfigError):
     checks.init(HyperpriorCodec(**SMALL, transform="dct"), checks.pyramid())
+
+
+def test_widening_a_channel_context_model_is_refused():
+  """training/widen.py widens h_s's means|scales block by block, which a channel-wise context
+  model (slices of the latent, each conditioned on the earlier ones) does not follow: the widened
+  model reconstructs something else, and `check_preserved` says so (while the same widening
+  without the context keeps the output)."""
+  from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from hssc_jax.training import widen  # pylint: disable=g-import-not-at-top
+  feats = checks.pyramid()
+  for context, preserved in ((0, True), (2, False)):
+    kw = dict(SMALL, latent_channels=16, context_slices=context, context_hidden=(8,))
+    narrow, wide = HyperpriorCodec(**kw), HyperpriorCodec(**dict(kw, latent_channels=24))
+    vn = checks.init(narrow, feats)
+    vn = jax.tree.map(lambda a: a + 0.05 * np.sin(np.arange(a.size, dtype=np.float32)).reshape(
+        a.shape), vn)  # off its initialisation, so untouched couplings show
+    params, _, _ = train_lib.overlay_params(checks.init(wide, feats)["params"], vn["params"],
+                                            widen=True)
+    if preserved:
+      widen.check_preserved(narrow, vn["params"], wide, params, feats)
+    else:
+      with pytest.raises(errors.ConfigError, match="does not reconstruct what its source does"):
+        widen.check_preserved(narrow, vn["params"], wide, params, feats)
