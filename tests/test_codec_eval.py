@@ -186,13 +186,14 @@ def test_finished_points_are_bound_to_the_model_they_measured(tmp_path):
   np.savez(tmp_path / "tables" / "1250.npz")
   assert codec_eval.source_of(learned) == "step 1250"
   assert codec_eval.source_of(Point("a", "feature_anchor", "qp22", qp=22)) is None
-  # An encoder-only setting (MFIBA's allocation exponent) keeps the fingerprint but changes the
-  # points, so it is part of the source.
-  zoo.resave(zoo.path_of("mfiba"), tmp_path / "zoo", "mfiba_half", encode_exponent=0.75)
+  # Encoder-only settings (MFIBA's allocation exponent and budget scale) keep the fingerprint but
+  # change the points, so they are part of the source.
+  zoo.resave(zoo.path_of("mfiba"), tmp_path / "zoo", "mfiba_half", encode_exponent=0.75,
+             budget_scale=0.25)
   shipped, half = (codec_eval.source_of(Point(n, "zoo", "q2", model=n, quality=2, folder=f))
                    for n, f in (("mfiba", ""), ("mfiba_half", str(tmp_path / "zoo"))))
   assert half.split()[0] == shipped.split()[0] and half != shipped
-  assert half.endswith('{"encode_exponent": 0.75}')
+  assert half.endswith('{"budget_scale": 0.25, "encode_exponent": 0.75}')
 
 
 def test_split_features_hold_every_image_once(demo_root):

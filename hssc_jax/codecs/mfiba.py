@@ -135,6 +135,9 @@ class MFIBACodec(HyperpriorCodec):
     importance_exponent: alpha in (M4) during training; 0 turns the per-image allocation off.
     encode_exponent: alpha at encode time (None: `importance_exponent`), a post-training choice
       like the fitted models: it scales MFIP's log importance in (M4) and weights (M3) by w^alpha.
+    budget_scale: the total rate R that (M3) splits at encode time, with fitted models, as a
+      multiple of the rate MFIP's own gains (M4) would spend (1: that rate), a post-training
+      rate-control choice like alpha.
     allocation_models: the fitted (M2) models and measured rate-gain curves per quality
       (`calibrate`), or None.
 
@@ -144,13 +147,14 @@ class MFIBACodec(HyperpriorCodec):
   """
 
   codec_id: ClassVar[str] = "mfiba"
-  encoder_only: ClassVar[tuple[str, ...]] = ("encode_exponent",)
+  encoder_only: ClassVar[tuple[str, ...]] = ("encode_exponent", "budget_scale")
   model_class: ClassVar[type] = GainedHyperpriorModel
   mfip_channels: int = 32
   gain_range: float = 4.0
   gain_levels: int = 255
   importance_exponent: float = 1.0
   encode_exponent: float | None = None
+  budget_scale: float = 1.0
   allocation_models: Any = None
 
   @nn.nowrap
@@ -164,6 +168,8 @@ class MFIBACodec(HyperpriorCodec):
       raise errors.ConfigError(f"importance_exponent must be >= 0, got {self.importance_exponent}")
     if self.encode_exponent is not None and not float(self.encode_exponent) >= 0:
       raise errors.ConfigError(f"encode_exponent must be >= 0 or None, got {self.encode_exponent}")
+    if not 0 < float(self.budget_scale) < np.inf:
+      raise errors.ConfigError(f"budget_scale must be a number > 0, got {self.budget_scale}")
     if int(self.mfip_channels) < 1:
       raise errors.ConfigError(f"mfip_channels must be >= 1, got {self.mfip_channels}")
     for entry in self.allocation_models or ():
@@ -322,15 +328,16 @@ class MFIBACodec(HyperpriorCodec):
 
   @nn.nowrap
   def choose_indexes(self, importance: np.ndarray, idx: np.ndarray) -> list[int]:
-    """Encode-time allocation of one image: with fitted models, (M3) splits the rate MFIP's own
-    gains would spend (the budget, from the rate-gain curves) across scales by task loss-rate
-    models weighted by w^alpha (`alpha`), no scale below its rate at the lowest gain, and turns
-    each scale's rate into its gain; else MFIP's gains (M4)."""
+    """Encode-time allocation of one image: with fitted models, (M3) splits the budget (the rate
+    MFIP's own gains would spend, from the rate-gain curves, times `budget_scale`) across scales
+    by task loss-rate models weighted by w^alpha (`alpha`), no scale below its rate at the lowest
+    gain, and turns each scale's rate into its gain; else MFIP's gains (M4)."""
     models = self.fitted_models()
     if models is None:
       return [int(i) for i in idx]
     table = self.gains[0]
-    budget = sum(float(models[s][1](table[i])) for s, i in zip(self.scales, idx))
+    budget = float(self.budget_scale) * sum(float(models[s][1](table[i]))
+                                            for s, i in zip(self.scales, idx))
     # Each scale costs at least its rate at the lowest gain (side information, an all-zero y):
     # (M3) splits what the budget leaves above these floors, on (M2) shifted to start there.
     floor = {s: m.floor(self.gain_range) for s, (_, m) in models.items()}

@@ -181,6 +181,13 @@ def test_fitted_allocation_spends_the_budget_above_each_scales_floor():
     chosen = codec.choose_indexes(np.ones(3), idx)
     spent = sum(float(curves[s](table[i])) for s, i in zip(SCALES, chosen))
     assert spent == pytest.approx(budget, rel=0.03), (start, chosen)
+  # budget_scale: the encoder spends that multiple of MFIP's budget.
+  start = np.array(codec.gain_indexes({"p3": 2.0, "p4": 1.5, "p5": 1.0}))
+  budget = sum(float(curves[s](table[i])) for s, i in zip(SCALES, start))
+  for scale in (0.6, 1.3):
+    chosen = codec.clone(budget_scale=scale).choose_indexes(np.array([1.5, 1.0, 0.5]), start)
+    spent = sum(float(curves[s](table[i])) for s, i in zip(SCALES, chosen))
+    assert spent == pytest.approx(scale * budget, rel=0.03), (scale, chosen)
 
 
 def test_calibrate_measures_each_scale_over_the_detections_it_feeds(model):
@@ -257,6 +264,7 @@ def test_config_errors():
   for kw, match in ((dict(gain_range=1.0), "gain_range"), (dict(gain_levels=300), "gain_levels"),
                     (dict(importance_exponent=-1.0), "importance_exponent"),
                     (dict(mfip_channels=0), "mfip_channels"),
+                    (dict(budget_scale=0.0), "budget_scale"),
                     (dict(train_quantization="dither"), "train_quantization"),
                     (dict(channels=(16, 32)), "channel counts"),
                     (dict(allocation_models=((("p3", 1.0, 1.0, 0.0, (1.0, 0.5), (0.1, 0.2)),),)),
@@ -419,30 +427,24 @@ def test_warm_start_from_base_codec_codes_as_it():
     train_lib.read_warm_start("runs/some_workdir")
 
 
-def _script(name):
-  """scripts/<name>.py loaded as a module."""
-  spec = importlib.util.spec_from_file_location(
-      name, Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_alpha_script_takes_the_zoo_mfiba_on_either_base(tmp_path):
+def test_alpha_script_takes_the_zoo_mfiba_on_either_base(tmp_path, load_script):
   """scripts/mfiba_alpha.py writes encoder-exponent variants of the zoo's MFIBA (cross-scale since
   stop 39; the per-scale MFIBACodec before) and refuses a file that is not MFIBA."""
   from hssc_jax import zoo  # pylint: disable=g-import-not-at-top
-  script = _script("mfiba_alpha")
+  script = load_script("mfiba_alpha")
   out = script.write_variant(zoo.path_of("mfiba"), 0.25, tmp_path, "mfiba_a025")
   assert zoo.read_info(out)["codec_kwargs"]["encode_exponent"] == 0.25
+  out = script.write_variant(zoo.path_of("mfiba"), 0.5, tmp_path, "mfiba_a05_b04", 0.4)
+  assert zoo.read_info(out)["codec_kwargs"]["budget_scale"] == 0.4
+  assert zoo.load("mfiba_a05_b04", 0, tmp_path).codec.budget_scale == 0.4
   with pytest.raises(SystemExit, match="does not hold an MFIBA model"):
     script.write_variant(zoo.path_of("base"), 0.25, tmp_path, "base_a025")
 
 
-def test_importance_labels_follow_the_papers_normalisation():
+def test_importance_labels_follow_the_papers_normalisation(load_script):
   """Labels of scripts/mfiba_importance.py: per image and quality the task losses are min-max
   normalised over the scales (all equal: 1 each), summed over qualities, normalised to sum S."""
-  script = _script("mfiba_importance")
+  script = load_script("mfiba_importance")
   losses = np.array([[[1.0, 2.0], [3.0, 6.0], [2.0, 4.0]],  # p4 > p5 > p3 at both qualities
                      [[5.0, 5.0], [5.0, 5.0], [5.0, 5.0]],  # nothing to choose between scales
                      [[1.0, 9.0], [2.0, 1.0], [3.0, 5.0]]])  # the order changes with quality
@@ -453,11 +455,11 @@ def test_importance_labels_follow_the_papers_normalisation():
   np.testing.assert_allclose(w[2], np.array([1.0, 0.5, 1.5]) * 3 / 3.0)
 
 
-def test_importance_fit_and_centring_of_mfip():
+def test_importance_fit_and_centring_of_mfip(load_script):
   """MFIP fitted to labels that follow an input statistic learns them (held-out cross-entropy below
   the start), and `centred` moves its mean log importance to the target up to a common constant
   (sum_s w_s = S fixes that constant) without changing how it varies between inputs."""
-  script = _script("mfiba_importance")
+  script = load_script("mfiba_importance")
   rng = np.random.default_rng(0)
   def pyramid(n):
     x = [rng.normal(size=(n, 8 >> i, 8 >> i, 4)).astype(np.float32) for i in range(3)]
