@@ -11,6 +11,7 @@ from hssc_jax import train_lib
 from hssc_jax.codecs.cross_scale import CrossScaleCodec
 from hssc_jax.codecs.cross_scale import CrossScaleMFIBACodec
 from hssc_jax.codecs.hyperprior import HyperpriorCodec
+from hssc_jax.training import widen
 
 _spec = importlib.util.spec_from_file_location("codec_checks", Path(__file__).with_name("codec_checks.py"))
 checks = importlib.util.module_from_spec(_spec)
@@ -206,6 +207,7 @@ def test_a_widened_codec_starts_as_the_narrow_one(kw):
   out_w = wide.apply({"params": params}, feats, False)
   for s in feats:
     np.testing.assert_allclose(out_w["features_hat"][s], out_n["features_hat"][s], atol=1e-5)
+  widen.check_preserved(narrow, vn["params"], wide, params, feats)  # what training checks
   kernel = params["models_p4"]["g_s"]["ConvTranspose_0"]["kernel"]
   np.testing.assert_array_equal(kernel[:, :, 20:, :], 0.0)  # P4's 8 new latent channels
   params["models_p4"]["g_s"]["ConvTranspose_0"]["kernel"] = kernel.at[:, :, 20:, :].add(0.1)
