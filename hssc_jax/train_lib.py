@@ -395,10 +395,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     state = restored
   elif config.get("init_from", ""):
     # Warm start (e.g. a new lambda sweep): the parameters of another run, a fresh optimizer.
+    widen = bool(config.get("init_widen", False))
     init, copied, total = overlay_params(state["params"], warm[1],
-                                         bool(config.get("init_skip_mismatched", False)),
-                                         bool(config.get("init_widen", False)))
-    if config.get("init_widen", False):
+                                         bool(config.get("init_skip_mismatched", False)), widen)
+    if widen:
       source = registry.build_codec(config.codec.name, warm[0]["codec_kwargs"],
                                     detector.feature_names, channels)
       widen_lib.check_preserved(source, warm[1], codec, init, feats0)
