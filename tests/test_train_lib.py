@@ -64,7 +64,8 @@ def test_base_trains_checkpoints_resumes_and_codes(tmp_path):
 def test_lmfc_smoke_step_and_wrong_codec_in_workdir(tmp_path):
   metrics = train_lib.train_and_evaluate(smoke(lmfc_config, steps=2), str(tmp_path))
   assert np.isfinite(metrics["loss"])
-  assert set(k for k in metrics if k.startswith("bpp/")) == {"bpp/bfc/y", "bpp/bfc/z"}
+  assert set(k for k in metrics if k.startswith("bpp/")) == {
+      "bpp/bfc/y", "bpp/bfc/z", "bpp/p3_residual/y", "bpp/p3_residual/z"}  # residual on by default
   with pytest.raises(errors.ConfigError, match="holds a run of codec 'lmfc'"):
     train_lib.train_and_evaluate(smoke(base_config, steps=2), str(tmp_path))
 
