@@ -85,6 +85,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.optim.clip_norm = 1.0
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.trainable = ""  # a regular expression over parameter paths: train those alone; "" = all
 
   c.steps = arg.steps
   c.log_every = 50

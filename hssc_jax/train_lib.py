@@ -16,6 +16,7 @@ The final step also writes the codec's CDF tables (`tables/<step>.npz`).
 import functools
 import itertools
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -54,10 +55,40 @@ def learning_rate_schedule(cfg: Any, steps: int) -> optax.Schedule:
   raise errors.ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
 
 
+def trainable_labels(params: Any, pattern: str) -> Any:
+  """{"train", "frozen"} per parameter array: "train" where `pattern` (a regular expression)
+  matches somewhere in its path ("models_p3/gain"), everything when `pattern` is empty."""
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise errors.ConfigError(f"optim.trainable is not a regular expression: {pattern!r} ({e})")
+  return flax.traverse_util.path_aware_map(
+      lambda path, _: "train" if regex.search("/".join(path)) else "frozen", params)
+
+
+def check_trainable(params: Any, pattern: str) -> tuple[int, int]:
+  """(trainable, total) parameter arrays under `optim.trainable`; a ConfigError when the pattern
+  matches none of them."""
+  labels = jax.tree_util.tree_leaves(trainable_labels(params, pattern))
+  n = sum(label == "train" for label in labels)
+  if not n:
+    names = ["/".join(k) for k in flax.traverse_util.flatten_dict(flax.core.unfreeze(params))]
+    raise errors.ConfigError(f"optim.trainable {pattern!r} matches no parameter of this codec "
+                             f"(names look like {names[:3]})")
+  return n, len(labels)
+
+
 def make_optimizer(cfg: Any, steps: int) -> optax.GradientTransformation:
-  """Adam with `learning_rate_schedule` and global-norm clipping."""
-  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                     optax.adam(learning_rate_schedule(cfg, steps), b1=cfg.b1, b2=cfg.b2))
+  """Adam with `learning_rate_schedule` and global-norm clipping; with `cfg.trainable` (a regular
+  expression over parameter paths) the other parameters stay as they are (e.g. "gain" trains the
+  quality ladder's gain vectors alone, at a learning rate the shared weights would not take)."""
+  tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                   optax.adam(learning_rate_schedule(cfg, steps), b1=cfg.b1, b2=cfg.b2))
+  pattern = str(getattr(cfg, "trainable", "") or "")
+  if not pattern:
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: trainable_labels(params, pattern))
 
 
 def codec_kwargs(config: Any, feature_norm: Any = None) -> dict[str, Any]:
@@ -386,6 +417,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   feats0 = codec.normalize(first)
   params = jax.jit(lambda k, f: codec.init({"params": k, "noise": k}, f, True)["params"])(
       rng, feats0)
+  trainable = str(config.optim.get("trainable", "") or "")
+  if trainable:
+    n, total = check_trainable(params, trainable)
+    print(f"training {n} of {total} parameter arrays (optim.trainable={trainable!r})")
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   state = jax.device_put(state, replicated)
 

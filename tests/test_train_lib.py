@@ -70,6 +70,27 @@ def test_lmfc_smoke_step_and_wrong_codec_in_workdir(tmp_path):
     train_lib.train_and_evaluate(smoke(base_config, steps=2), str(tmp_path))
 
 
+def test_trainable_updates_the_matching_parameters_alone():
+  optim = base_config.get_config("smoke").optim
+  with optim.unlocked():
+    optim.update(lr=0.1, warmup_steps=1, schedule="constant", trainable="gain$")
+  params = {"models_p3": {"gain": np.ones((2, 3), np.float32),
+                          "g_a": {"kernel": np.ones((3,), np.float32)}},
+            "gain_net": {"bias": np.ones((3,), np.float32)}}
+  assert train_lib.check_trainable(params, optim.trainable) == (1, 3)
+  tx = train_lib.make_optimizer(optim, 10)
+  state, new = tx.init(params), params
+  grads = jax.tree_util.tree_map(np.ones_like, params)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, new)
+    new = jax.tree_util.tree_map(lambda p, u: p + u, new, updates)
+  assert np.all(np.asarray(new["models_p3"]["gain"]) < 0.9)  # trained
+  np.testing.assert_array_equal(new["models_p3"]["g_a"]["kernel"], 1.0)  # frozen
+  np.testing.assert_array_equal(new["gain_net"]["bias"], 1.0)
+  with pytest.raises(errors.ConfigError, match="not a regular expression"):
+    train_lib.check_trainable(params, "gain(")
+
+
 def test_bad_configs(tmp_path):
   with pytest.raises(errors.ConfigError, match="no option"):
     train_lib.train_and_evaluate(smoke(base_config, **{"codec.kwargs": {"latent_chanels": 8}}),
@@ -91,6 +112,9 @@ def test_bad_configs(tmp_path):
     train_lib.train_and_evaluate(
         smoke(base_config, **{"loss.quality_weights": (-1.0,) + (1.0,) * (n - 1)}),
         str(tmp_path / "f"))
+  with pytest.raises(errors.ConfigError, match="matches no parameter"):
+    train_lib.train_and_evaluate(smoke(base_config, **{"optim.trainable": "no_such_param"}),
+                                 str(tmp_path / "g"))
   config = base_config.get_config("smoke")
   with pytest.raises(AttributeError):
     config.loss.lmbdaa = 1.0  # Locked: a typo is an error, not a new field.
