@@ -25,7 +25,8 @@ fingerprint (configuration, parameters, tables) is the one recorded at export: a
 that would decode the zoo's bitstreams differently fails loudly instead of silently. Version 1
 files (no tables) still load, their tables rebuilt here, so on another machine than the one that
 exported them their fingerprints may not match: `upgrade` rewrites one as version 2. `export`
-writes a zoo file from a training workdir.
+writes a zoo file from a training workdir, `resave` writes one again with other encoder options or
+parameters, `respace` with its quality ladder moved.
 """
 
 import dataclasses
@@ -133,6 +134,11 @@ def save(name: str, codec_name: str, codec_kwargs: Mapping[str, Any], scales: Se
   return path
 
 
+# Header fields that `save` writes from its arguments and the payload; the rest carry over.
+_WRITTEN_BY_SAVE = ("name", "codec", "codec_kwargs", "scales", "channels", "payload_sha256",
+                    "fingerprints", "tables_bytes")
+
+
 def upgrade(path: str | Path) -> Path:
   """Rewrites a zoo file in place in the current version (a version-1 file gains its tables),
   tables built and fingerprints recomputed by this library on this machine; the parameters stay
@@ -157,9 +163,7 @@ def resave(path: str | Path, folder: str | Path | None = None, name: str | None 
       np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(params),
                                                  jax.tree.leaves(old_params))):
     raise ZooError(f"replacement parameters do not match the tree of {path}")
-  keep = {k: v for k, v in info.items() if k not in (
-      "name", "codec", "codec_kwargs", "scales", "channels", "payload_sha256", "fingerprints",
-      "tables_bytes")}
+  keep = {k: v for k, v in info.items() if k not in _WRITTEN_BY_SAVE}
   kwargs = dict(info["codec_kwargs"], **codec_options)
   tables = None
   if stored is not None and not rebuild_tables:
@@ -168,6 +172,75 @@ def resave(path: str | Path, folder: str | Path | None = None, name: str | None 
     tables = stored if _same_tree(before, after) else after  # `after`: not built a third time
   return save(name or info["name"], info["codec"], kwargs, info["scales"], info["channels"],
               params, Path(path).parent if folder is None else folder, tables=tables, **keep)
+
+
+# Quality-indexed parameters, (qualities, channels): log-gains (hyperprior, HSC), and the
+# cross-scale condition's gains, stored as gains.
+_LOG_GAINS = ("gain", "inv_gain", "feature_gain", "feature_inv_gain")
+_GAINS = ("in_gain", "out_gain")
+# Codec options with one entry per quality, which a gain ladder cannot interpolate.
+_PER_QUALITY_OPTIONS = ("qps", "allocation_models")
+
+
+def respace(path: str | Path, positions: Sequence[float], folder: str | Path | None = None,
+            name: str | None = None) -> Path:
+  """Writes zoo file `path` again with its quality ladder moved to `positions`, fractional
+  qualities of its present ladder, increasing: e.g. (0, 1, 2, 2.5, 3, 4) drops quality 5 and adds
+  one between 2 and 3. Each new quality's gain vectors are those of its two neighbours mixed
+  log-linearly, the continuous rate adaptation of Cui et al. (asymmetric gained VAE, CVPR 2021),
+  its lambda (header) mixed the same way; the header's `ladder` records the positions.
+  Transforms and entropy models stay; fingerprints are new. For codecs whose quality knob is
+  gain vectors alone (ConfigError for per-quality QPs or allocation models: the HSSC paper form,
+  MFIBA)."""
+  info, params, stored = _read(path)
+  kwargs = dict(info["codec_kwargs"])
+  q = int(kwargs.get("qualities", 0))
+  pos = np.asarray(positions, np.float64)
+  if q < 2:
+    raise errors.ConfigError(f"{path}: a model of {q} qualities has no ladder to respace")
+  if [k for k in _PER_QUALITY_OPTIONS if k in kwargs]:
+    raise errors.ConfigError(f"{path}: codec {info['codec']!r} has per-quality options "
+                             f"{[k for k in _PER_QUALITY_OPTIONS if k in kwargs]}, not gains alone")
+  if (pos.ndim != 1 or not pos.size or not np.all(np.isfinite(pos)) or np.any(np.diff(pos) <= 0)
+      or pos[0] < 0 or pos[-1] > q - 1):
+    raise errors.ConfigError(f"positions must increase within [0, {q - 1}], got {list(positions)}")
+  lo = np.minimum(np.floor(pos).astype(int), q - 2)
+  frac = (pos - lo)[:, None]
+
+  def mix(a, geometric=False):  # whole positions keep their rows exactly
+    a = np.asarray(a, np.float64)
+    b = np.log(a) if geometric else a
+    between = (1 - frac) * b[lo] + frac * b[lo + 1]
+    between = np.exp(between) if geometric else between
+    return np.where(frac == 1, a[lo + 1], np.where(frac == 0, a[lo], between))
+
+  found = []
+
+  def move(key_path, a):
+    key = getattr(key_path[-1], "key", None)
+    if key not in _LOG_GAINS + _GAINS or np.shape(a)[:1] != (q,):
+      return a
+    found.append(key)
+    if key in _GAINS and np.any(np.asarray(a) <= 0):
+      raise errors.ConfigError(f"{path}: gain {jax.tree_util.keystr(key_path)} is not positive")
+    return mix(a, geometric=key in _GAINS).astype(np.float32)
+
+  moved = jax.tree_util.tree_map_with_path(move, params)
+  if not found:
+    raise errors.ConfigError(f"{path}: no quality gain vectors found in its parameters")
+  kwargs["qualities"] = int(pos.size)
+  lmbdas = info.get("lmbdas") or []
+  keep = {k: v for k, v in info.items() if k not in _WRITTEN_BY_SAVE + ("lmbdas", "ladder")}
+  if len(lmbdas) == q and all(l > 0 for l in lmbdas):
+    keep["lmbdas"] = [float(l) for l in mix(np.asarray(lmbdas)[:, None], geometric=True)[:, 0]]
+  keep["ladder"] = list(info.get("ladder", [])) + [[float(p) for p in pos]]
+  tables = None
+  if stored is not None:  # keep the stored bits where the new ladder leaves the tables alone
+    old, new = (_build(dict(info, codec_kwargs=k)).build_tables(p)
+                for k, p in ((info["codec_kwargs"], params), (kwargs, moved)))
+    tables = stored if _same_tree(old, new) else new
+  return save(name or info["name"], info["codec"], kwargs, info["scales"], info["channels"],
+              moved, Path(path).parent if folder is None else folder, tables=tables, **keep)
 
 
 def _same_tree(a: Any, b: Any) -> bool:

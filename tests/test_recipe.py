@@ -404,6 +404,42 @@ def test_resave_replaces_parameters_of_the_same_tree(smoke_zoo):
   assert not (root / "bad" / "tiny_bad.hsz").exists()
 
 
+def test_respace_moves_the_quality_ladder_by_gain_interpolation(smoke_zoo):
+  """`respace` keeps whole positions' gain rows exactly, mixes fractional ones log-linearly (the
+  lambdas too), changes the number of qualities, and the new file loads and codes at every
+  quality; bad positions are refused before anything is written."""
+  root, path = smoke_zoo
+  info, params, _ = zoo._read(path)  # pylint: disable=protected-access
+  out = zoo.respace(path, [0, 0.25, 1, 3], root / "respaced", "tiny_r")
+  new_info, moved, _ = zoo._read(out)  # pylint: disable=protected-access
+  assert new_info["codec_kwargs"]["qualities"] == 4 and new_info["ladder"] == [[0, 0.25, 1, 3]]
+  l = info["lmbdas"]
+  np.testing.assert_allclose(new_info["lmbdas"], [l[0], l[0] ** 0.75 * l[1] ** 0.25, l[1], l[3]])
+  gains = 0
+  for (key, old), new in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(moved)):
+    if key[-1].key in ("gain", "inv_gain"):
+      gains += 1
+      np.testing.assert_array_equal(new[[0, 2, 3]], old[[0, 1, 3]])
+      want = np.asarray(0.75 * old[0] + 0.25 * old[1], np.float16).astype(np.float32)
+      np.testing.assert_allclose(new[1], want, atol=1e-3)
+      assert not np.allclose(new[1], old[1])
+    else:
+      np.testing.assert_array_equal(new, old)
+  assert gains == 2 * len(info["scales"])
+  feats = {s: np.random.default_rng(0).normal(size=(1, 16 >> i, 16 >> i, c)).astype(np.float32)
+           for i, (s, c) in enumerate(zip(info["scales"], info["channels"]))}
+  for q in range(4):
+    model = zoo.load("tiny_r", q, root / "respaced")
+    assert model.decompress(model.compress(feats, (128, 128)))["p3"].shape == feats["p3"].shape
+  for bad in ([1, 0.5], [0, 9], [float("nan")], []):
+    with pytest.raises(errors.ConfigError, match="positions must increase"):
+      zoo.respace(path, bad, root / "bad", "tiny_bad")
+  for name in ("mfiba", "hssc_paper"):  # allocation models, QPs: one per quality, not gains
+    with pytest.raises(errors.ConfigError, match="per-quality options"):
+      zoo.respace(zoo.path_of(name), [0, 1], root / "bad")
+  assert not (root / "bad").exists()
+
+
 @pytest.mark.parametrize("name", zoo.names())
 def test_every_shipped_zoo_model_loads_on_this_machine(name):
   """The shipped files carry their tables and fingerprints: a library change that would decode
