@@ -433,11 +433,11 @@ def test_respace_moves_the_quality_ladder_by_gain_interpolation(smoke_zoo):
     assert model.decompress(model.compress(feats, (128, 128)))["p3"].shape == feats["p3"].shape
   for bad in ([1, 0.5], [0, 9], [float("nan")], []):
     with pytest.raises(errors.ConfigError, match="positions must increase"):
-      zoo.respace(path, bad, root / "bad", "tiny_bad")
+      zoo.respace(path, bad, root / "respace_bad", "tiny_bad")
   for name in ("mfiba", "hssc_paper"):  # allocation models, QPs: one per quality, not gains
     with pytest.raises(errors.ConfigError, match="per-quality options"):
-      zoo.respace(zoo.path_of(name), [0, 1], root / "bad")
-  assert not (root / "bad").exists()
+      zoo.respace(zoo.path_of(name), [0, 1], root / "respace_bad")
+  assert not (root / "respace_bad").exists()
 
 
 @pytest.mark.parametrize("name", zoo.names())
