@@ -165,6 +165,17 @@ def resave(path: str | Path, folder: str | Path | None = None, name: str | None 
     raise ZooError(f"replacement parameters do not match the tree of {path}")
   keep = {k: v for k, v in info.items() if k not in _WRITTEN_BY_SAVE}
   kwargs = dict(info["codec_kwargs"], **codec_options)
+  return _write_again(path, info, stored, old_params, kwargs, params, keep, folder, name,
+                      rebuild_tables)
+
+
+def _write_again(path: str | Path, info: Mapping[str, Any], stored: Any, old_params: Any,
+                 kwargs: Mapping[str, Any], params: Any, keep: Mapping[str, Any],
+                 folder: str | Path | None, name: str | None, rebuild_tables: bool = False
+                 ) -> Path:
+  """Saves the zoo file `path` (read as `info`, `stored` tables, `old_params`) with codec options
+  `kwargs`, parameters `params` and header fields `keep`, as `name` in `folder` (defaults: its own).
+  The stored tables stay where this machine builds the same tables before and after the change."""
   tables = None
   if stored is not None and not rebuild_tables:
     before, after = (_build(dict(info, codec_kwargs=k)).build_tables(p)
@@ -198,9 +209,10 @@ def respace(path: str | Path, positions: Sequence[float], folder: str | Path | N
   pos = np.asarray(positions, np.float64)
   if q < 2:
     raise errors.ConfigError(f"{path}: a model of {q} qualities has no ladder to respace")
-  if [k for k in _PER_QUALITY_OPTIONS if k in kwargs]:
+  per_quality = [k for k in _PER_QUALITY_OPTIONS if k in kwargs]
+  if per_quality:
     raise errors.ConfigError(f"{path}: codec {info['codec']!r} has per-quality options "
-                             f"{[k for k in _PER_QUALITY_OPTIONS if k in kwargs]}, not gains alone")
+                             f"{per_quality}, not gains alone")
   if (pos.ndim != 1 or not pos.size or not np.all(np.isfinite(pos)) or np.any(np.diff(pos) <= 0)
       or pos[0] < 0 or pos[-1] > q - 1):
     raise errors.ConfigError(f"positions must increase within [0, {q - 1}], got {list(positions)}")
@@ -234,13 +246,7 @@ def respace(path: str | Path, positions: Sequence[float], folder: str | Path | N
   if len(lmbdas) == q and all(l > 0 for l in lmbdas):
     keep["lmbdas"] = [float(l) for l in mix(np.asarray(lmbdas)[:, None], geometric=True)[:, 0]]
   keep["ladder"] = list(info.get("ladder", [])) + [[float(p) for p in pos]]
-  tables = None
-  if stored is not None:  # keep the stored bits where the new ladder leaves the tables alone
-    old, new = (_build(dict(info, codec_kwargs=k)).build_tables(p)
-                for k, p in ((info["codec_kwargs"], params), (kwargs, moved)))
-    tables = stored if _same_tree(old, new) else new
-  return save(name or info["name"], info["codec"], kwargs, info["scales"], info["channels"],
-              moved, Path(path).parent if folder is None else folder, tables=tables, **keep)
+  return _write_again(path, info, stored, params, kwargs, moved, keep, folder, name)
 
 
 def _same_tree(a: Any, b: Any) -> bool:
