@@ -5,10 +5,13 @@
   config), `train_dataset`/`train_batches`
   (augmented square crops for codec training).
 - `synthetic`: `make_shapes_dataset`, a procedurally generated COCO-format detection set.
+- `pseudo_labels`: `label_folder`, a folder of unlabelled images made a COCO-format folder whose
+  labels are the uncompressed detector's detections (scores fidelity to it, e.g. on Kodak).
 """
 
 from hssc_jax.data import coco_folder
 from hssc_jax.data import pipeline
+from hssc_jax.data import pseudo_labels
 from hssc_jax.data import synthetic
 from hssc_jax.data.coco_folder import annotation_path
 from hssc_jax.data.coco_folder import CocoFolder
