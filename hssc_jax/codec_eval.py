@@ -220,6 +220,20 @@ class _Timed:
     return x_hat, blob
 
 
+DETECTIONS = "detections"  # evaluate_point's per-image record, written beside the point's json
+
+
+def point_path(workdir: str | os.PathLike, method: str, label: str) -> Path:
+  """The json of one measured point in an evaluation workdir."""
+  return Path(workdir) / "points" / _slug(method) / f"{_slug(label)}.json"
+
+
+def detections_path(point_json: Path) -> Path:
+  """Where a point's per-image record is kept: its image ids in coding order, bits and original
+  pixels per image, and its COCO results (what `metrics.bootstrap` resamples)."""
+  return point_json.with_name(point_json.stem + ".detections.json")
+
+
 def evaluate_point(point: Point, coder: coders.Coder, detector, det_vars,
                    data: pipeline.EvalData, progress: bool = True) -> dict[str, Any]:
   """Codes every image of `data` through `coder`; returns the point's metrics and detections."""
@@ -279,6 +293,8 @@ def evaluate_point(point: Point, coder: coders.Coder, detector, det_vars,
     out["header_bpp"] = out["bpp"] - sum(out["stream_bpp"].values())
   if allocations:
     out["allocations"] = allocations
+  out[DETECTIONS] = dict(image_ids=ids_all, bits=[float(b) for b in bits],
+                         pixels=[float(p) for p in pixels], results=results)
   return out
 
 
@@ -303,7 +319,7 @@ def evaluate_codecs(config: ml_collections.ConfigDict, workdir: str | os.PathLik
 
   rows = []
   for p in points:
-    path = workdir / "points" / _slug(p.method) / f"{_slug(p.label)}.json"
+    path = point_path(workdir, p.method, p.label)
     source = source_of(p)
     if path.exists():
       row = json.loads(path.read_text())
@@ -315,6 +331,7 @@ def evaluate_codecs(config: ml_collections.ConfigDict, workdir: str | os.PathLik
     row = evaluate_point(p, coder, detector, det_vars, data, progress)
     row["source"] = source
     path.parent.mkdir(parents=True, exist_ok=True)
+    detections_path(path).write_text(json.dumps(dict(row.pop(DETECTIONS), source=source)))
     path.write_text(json.dumps(row, indent=1))
     print(f"{p.method:<24} {p.label:<18} bpp {row['bpp']:.4f}  mAP {row['mAP']:.4f}  "
           f"AP50 {row['AP50']:.4f}  enc {row['encode_ms']:.1f} ms  dec {row['decode_ms']:.1f} ms",

@@ -12,6 +12,7 @@ import pytest
 
 from hssc_jax import codec_eval
 from hssc_jax import errors
+from hssc_jax.metrics import coco
 from hssc_jax.metrics import rd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,6 +147,18 @@ def test_eval_py_end_to_end(demo_root):
                 and "feature anchor (HEVC)" in l)
     assert f"{entry['bd_rate']:.2f}" in line or (math.isnan(entry["bd_rate"]) and "nan" in line)
 
+  # Beside each point its per-image record (metrics.bootstrap): bits and detections that give
+  # the point's bpp and mAP again.
+  points = sorted(p for p in (work / "points").rglob("*.json") if ".detections" not in p.name)
+  assert len(points) == len(rows)
+  gt = coco.load_ground_truth(next(demo_root.glob("data/annotations/instances_val*.json")))
+  for path in points:
+    row, record = (json.loads(p.read_text()) for p in (path, codec_eval.detections_path(path)))
+    assert record["source"] == row["source"] and len(record["image_ids"]) == 8
+    assert sum(record["bits"]) / sum(record["pixels"]) == pytest.approx(row["bpp"], rel=1e-12)
+    assert coco.coco_evaluate(gt, record["results"], image_ids=record["image_ids"])["mAP"] == \
+        pytest.approx(row["mAP"], abs=1e-12)
+
   # Resumable: a second run recomputes nothing (point files untouched) and gives the same table.
   stamps = {p: p.stat().st_mtime_ns for p in (work / "points").rglob("*.json")}
   proc2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -154,7 +167,7 @@ def test_eval_py_end_to_end(demo_root):
   assert json.loads((work / "results.json").read_text())["bd"] == report["bd"]
 
   # A point whose recorded source is not the model's any more is measured again, and only it.
-  stale = sorted((work / "points" / "base").glob("*.json"))[0]
+  stale = [p for p in points if p.parent.name == "base"][0]
   row = json.loads(stale.read_text())
   row["source"], row["mAP"] = "step -1", -1.0
   stale.write_text(json.dumps(row))
@@ -163,7 +176,7 @@ def test_eval_py_end_to_end(demo_root):
   assert proc3.returncode == 0, proc3.stderr[-3000:]
   assert f"{stale}" in proc3.stdout and "measuring again" in proc3.stdout
   now = {p: p.stat().st_mtime_ns for p in (work / "points").rglob("*.json")}
-  assert [p for p in now if now[p] != stamps[p]] == [stale]
+  assert [p for p in now if now[p] != stamps[p]] == sorted([stale, codec_eval.detections_path(stale)])
   again = json.loads(stale.read_text())
   assert again["source"] != "step -1" and again["mAP"] == pytest.approx(
       next(r["mAP"] for r in rows if r["method"] == "base" and r["point"] == again["point"]))
