@@ -50,6 +50,8 @@ class PointScores:
       evaluator = COCOeval(gt, dt, iouType="bbox")
       evaluator.params.imgIds = sorted(set(ids))
       evaluator.evaluate()
+    if evaluator.params.areaRngLbl[0] != "all" or evaluator.params.maxDets[-1] != 100:
+      raise InvalidInputError("pycocotools' defaults changed: area 'all' first, 100 detections last")
     return cls(evaluator, dict(zip(ids, map(float, record["bits"]))),
                dict(zip(ids, map(float, record["pixels"]))))
 
@@ -62,16 +64,20 @@ class PointScores:
       positions = [index[int(i)] for i in draw]
     except KeyError as err:
       raise InvalidInputError(f"image id {err.args[0]} was not coded at this point") from None
+    # evalImgs runs over (category, area range, image); only area "all" at 100 detections per
+    # image enters mAP@[.5:.95], so the draw accumulates that alone.
     n_img, n_area = len(p.imgIds), len(p.areaRng)
     drawn = copy.copy(e)
-    drawn.evalImgs = [e.evalImgs[(k * n_area + a) * n_img + i] for k in range(len(p.catIds))
-                      for a in range(n_area) for i in positions]
+    drawn.evalImgs = [e.evalImgs[k * n_area * n_img + i] for k in range(len(p.catIds))
+                      for i in positions]
     drawn.params = copy.copy(p)
     drawn.params.imgIds = [p.imgIds[i] for i in positions]
+    drawn.params.areaRng, drawn.params.areaRngLbl = p.areaRng[:1], p.areaRngLbl[:1]
+    drawn.params.maxDets = p.maxDets[-1:]
     drawn._paramsEval = copy.copy(drawn.params)  # pylint: disable=protected-access
     with coco._quiet(False):  # pylint: disable=protected-access
       drawn.accumulate()
-    precision = drawn.eval["precision"][:, :, :, 0, -1]  # every area, 100 detections per image
+    precision = drawn.eval["precision"][:, :, :, 0, 0]
     valid = precision[precision > -1]
     mAP = float(np.mean(valid)) if valid.size else -1.0
     bits = sum(self.bits[int(i)] for i in draw)
