@@ -36,20 +36,11 @@ class PointScores:
   def of(cls, gt: Any, record: Mapping[str, Any]) -> "PointScores":
     """From a point's record ({"image_ids", "bits", "pixels", "results"}) and the ground truth
     (json path or pycocotools COCO)."""
-    from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
-    gt = coco.load_ground_truth(gt)
     ids = [int(i) for i in record["image_ids"]]
     if not len(ids) == len(record["bits"]) == len(record["pixels"]):
       raise InvalidInputError(f"{len(ids)} image ids, {len(record['bits'])} bit counts and "
                               f"{len(record['pixels'])} pixel counts must have the same length")
-    if unknown := sorted(set(ids) - set(gt.getImgIds())):
-      raise InvalidInputError(f"image ids not in the ground truth: {unknown[:10]}")
-    results = [r for r in record["results"] if int(r["image_id"]) in set(ids)]
-    with coco._quiet(False):  # pylint: disable=protected-access
-      dt = gt.loadRes(copy.deepcopy(results)) if results else _empty_results(gt)
-      evaluator = COCOeval(gt, dt, iouType="bbox")
-      evaluator.params.imgIds = sorted(set(ids))
-      evaluator.evaluate()
+    evaluator, _ = coco.per_image_evaluation(gt, record["results"], image_ids=ids)
     if evaluator.params.areaRngLbl[0] != "all" or evaluator.params.maxDets[-1] != 100:
       raise InvalidInputError("pycocotools' defaults changed: area 'all' first, 100 detections last")
     return cls(evaluator, dict(zip(ids, map(float, record["bits"]))),
@@ -82,15 +73,6 @@ class PointScores:
     mAP = float(np.mean(valid)) if valid.size else -1.0
     bits = sum(self.bits[int(i)] for i in draw)
     return bits / sum(self.pixels[int(i)] for i in draw), mAP
-
-
-def _empty_results(gt: Any) -> Any:
-  from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
-  dt = COCO()
-  dt.dataset = dict(images=list(gt.dataset["images"]), annotations=[],
-                    categories=copy.deepcopy(gt.dataset["categories"]))
-  dt.createIndex()
-  return dt
 
 
 def bd_rates(scores: Mapping[str, Mapping[str, PointScores]], anchor: str, draw: Sequence[int]

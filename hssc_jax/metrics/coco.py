@@ -130,6 +130,21 @@ def coco_evaluate(gt: "str | os.PathLike | COCO", results: Sequence[Mapping[str,
   Returns:
     {name: value} for `METRIC_NAMES`, plus "num_images" and "num_detections".
   """
+  evaluator, num_detections = per_image_evaluation(gt, results, image_ids=image_ids,
+                                                   verbose=verbose)
+  with _quiet(verbose):
+    evaluator.accumulate()
+    evaluator.summarize()
+  metrics = {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
+  metrics.update(num_images=len(evaluator.params.imgIds), num_detections=num_detections)
+  return metrics
+
+
+def per_image_evaluation(gt: "str | os.PathLike | COCO", results: Sequence[Mapping[str, Any]], *,
+                         image_ids: Iterable[int] | None = None, verbose: bool = False
+                         ) -> tuple[Any, int]:
+  """(pycocotools COCOeval after `evaluate()`, number of detections on `image_ids`): the per-image,
+  per-category matches that `accumulate()` turns into the metrics. Arguments as `coco_evaluate`."""
   coco_gt = load_ground_truth(gt, verbose)
   known = set(coco_gt.getImgIds())
   ids = sorted(known if image_ids is None else {int(i) for i in image_ids})
@@ -159,11 +174,7 @@ def coco_evaluate(gt: "str | os.PathLike | COCO", results: Sequence[Mapping[str,
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
     evaluator.params.imgIds = ids
     evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-  metrics = {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
-  metrics.update(num_images=len(ids), num_detections=len(dets))
-  return metrics
+  return evaluator, len(dets)
 
 
 def write_results(path: "str | os.PathLike", results: Sequence[Mapping[str, Any]]) -> None:
