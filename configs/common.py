@@ -96,6 +96,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   # or several joined by "+" (later sources override earlier ones at the same parameter path)
   c.init_skip_mismatched = False  # warm start: leave arrays whose shape differs at their init
   c.init_widen = False  # warm start of a wider codec: narrower arrays fill the leading blocks
+  c.init_exclude = ""  # warm start: a regular expression; source arrays whose path matches stay out
   c.distributed = False
   c.progress = True
 

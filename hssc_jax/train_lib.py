@@ -348,17 +348,29 @@ def _read_one_warm_start(init_from: str) -> tuple[dict[str, Any], Any]:
   return zoo.read(zoo.path_of(name))
 
 
-def overlay_params(params: Any, source: Any, skip_mismatched: bool = False, widen: bool = False
-                   ) -> tuple[Any, int, int]:
+def overlay_params(params: Any, source: Any, skip_mismatched: bool = False, widen: bool = False,
+                   exclude: str = "") -> tuple[Any, int, int]:
   """`params` with every array that `source` holds at the same path and shape replaced by it
   (e.g. MFIBA started from the base codec, whose per-scale models it shares). Returns (params,
   arrays copied, arrays in all); ConfigError when nothing matches or, unless `skip_mismatched`
   (an ablation started from the full model) or `widen`, a shared path differs in shape. With
   `widen`, a narrower source array is copied into the leading block of the wider one so the wider
-  codec starts computing what the source did (`training.widen`).
+  codec starts computing what the source did (`training.widen`). Source arrays whose path
+  ("models_p4/condition/heads/kernel") matches the regular expression `exclude` are not copied
+  (e.g. "condition" for a codec whose conditioning differs from the source's); ConfigError when it
+  is not a regular expression or matches none of them.
   """
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
   src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source))
+  if exclude:
+    try:
+      matches = re.compile(exclude).search
+    except re.error as e:
+      raise errors.ConfigError(f"init_exclude {exclude!r} is not a regular expression: {e}") from e
+    dropped = [k for k in src if matches("/".join(k))]
+    if not dropped:
+      raise errors.ConfigError(f"init_exclude {exclude!r} matches no parameter of the warm start")
+    src = {k: v for k, v in src.items() if k not in dropped}
   clash = [k for k in flat if k in src and np.shape(src[k]) != np.shape(flat[k])]
   widened, clash = (clash, []) if widen else ([], clash)
   for k in widened:
@@ -432,7 +444,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     # Warm start (e.g. a new lambda sweep): the parameters of another run, a fresh optimizer.
     widen = bool(config.get("init_widen", False))
     init, copied, total = overlay_params(state["params"], warm[1],
-                                         bool(config.get("init_skip_mismatched", False)), widen)
+                                         bool(config.get("init_skip_mismatched", False)), widen,
+                                         str(config.get("init_exclude", "") or ""))
     if widen:
       source = registry.build_codec(config.codec.name, warm[0]["codec_kwargs"],
                                     detector.feature_names, channels)

@@ -16,6 +16,10 @@ learned here as plain per-quality multipliers so the entropy-parameter path need
 in float64 on the host, `determinism.HostFunction`, where the coder's indexes are set). A, M, S, B
 start at zero, so a model warm-started from the per-scale base codec starts as that codec.
 
+With `coarse_to_fine` the order is reversed (P5, P4, P3): each scale is conditioned on the coarser
+one, brought up by stride-2 transposed convolutions, so the large P3 can be mostly predicted from
+what the small scales carry, as L-MFC's MFCNet predicts it (Liu et al., ICASSP 2023).
+
 This is conditional coding (the latent's entropy model conditioned on already decoded information),
 the device of the HSC paper (core latent first, then the feature latent conditioned on it) applied
 across the pyramid's scales; it keeps one stream per scale, so per-scale bit allocation still applies.
@@ -33,7 +37,7 @@ from hssc_jax import errors
 from hssc_jax.codecs import base
 from hssc_jax.codecs.hyperprior import HyperpriorCodec, HyperpriorModel, gain_init, model_from
 from hssc_jax.codecs.mfiba import GainedHyperpriorModel, MFIBACodec, broadcast_gain
-from hssc_jax.layers import conv, pad_to_multiple
+from hssc_jax.layers import conv, deconv, pad_to_multiple
 
 
 def crop_or_pad(x: jax.Array, h: int, w: int) -> jax.Array:
@@ -48,7 +52,8 @@ def _exp_gain(qualities: int, inverse: bool = False):
 
 
 class ScaleCondition(nn.Module):
-  """Maps the decoded latent of the next finer scale onto this scale's latent grid and returns the
+  """Maps the decoded latent of the scale coded before onto this scale's latent grid (`levels`
+  stride-2 convolutions down, or -`levels` stride-2 transposed convolutions up) and returns the
   offsets (analysis, means, scales, synthesis), each (N, h, w, latent); the heads start at zero."""
 
   hidden: int
@@ -64,6 +69,8 @@ class ScaleCondition(nn.Module):
     x = prev
     for _ in range(self.levels):
       x = nn.leaky_relu(conv(self.hidden, 3, 2)(x))
+    for _ in range(-self.levels):
+      x = nn.leaky_relu(deconv(self.hidden, 3, 2)(x))
     x = nn.leaky_relu(conv(self.hidden, 3)(crop_or_pad(x, h, w)))
     x = nn.leaky_relu(conv(self.hidden, 3)(x))
     heads = nn.Conv(4 * self.latent, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
@@ -151,27 +158,36 @@ def latent_stride(scale: str, stages: int) -> int:
   return 2 ** (int(scale[1:]) + max(int(stages), 0))
 
 
-def condition_levels(codec: HyperpriorCodec) -> dict[str, int]:
-  """{scale: stride-2 steps from the finer scale's latent grid} for every scale of `codec` but the
-  first (ConfigError unless the latent strides grow fine to coarse)."""
+def coding_order(codec: HyperpriorCodec) -> list[str]:
+  """The scales in the order they are coded: `scales` as given, reversed with `coarse_to_fine`."""
   scales = list(codec.scales)
-  strides = [latent_stride(s, codec.scale_options(s)["stages"]) for s in scales]
-  levels = {}
-  for prev, s, a, b in zip(scales, scales[1:], strides, strides[1:]):
+  return scales[::-1] if getattr(codec, "coarse_to_fine", False) else scales
+
+
+def condition_levels(codec: HyperpriorCodec) -> dict[str, int]:
+  """{scale: stride-2 steps from the latent grid of the scale coded before it} for every scale of
+  `codec` but the first coded; negative steps go up (coarse to fine). ConfigError unless each
+  latent stride is a power-of-two multiple of the previous one, growing fine to coarse."""
+  scales, order = list(codec.scales), coding_order(codec)
+  strides = {s: latent_stride(s, codec.scale_options(s)["stages"]) for s in scales}
+  for fine, coarse in zip(scales, scales[1:]):
+    a, b = strides[fine], strides[coarse]
     if b < a or b % a:
       raise errors.ConfigError(
-          f"cross-scale coding goes fine to coarse: latent stride of {s!r} ({b}) is not a "
-          f"multiple of {prev!r}'s ({a})")
-    levels[s] = int(np.log2(b // a))
+          f"cross-scale coding needs scales fine to coarse: latent stride of {coarse!r} ({b}) is "
+          f"not a multiple of {fine!r}'s ({a})")
+  levels = {}
+  for prev, s in zip(order, order[1:]):
+    levels[s] = int(round(np.log2(strides[s] / strides[prev])))
   return levels
 
 
 def scale_model_of(codec: HyperpriorCodec, scale: str, first: type, conditioned: type
                    ) -> HyperpriorModel:
-  """The model of one scale of a cross-scale codec: a `first` for the finest scale, a `conditioned`
-  one with its `condition_levels` and the codec's `condition_hidden` for the others."""
+  """The model of one scale of a cross-scale codec: a `first` for the scale coded first, a
+  `conditioned` one with its `condition_levels` and the codec's `condition_hidden` for the others."""
   out_channels = list(codec.channels)[list(codec.scales).index(scale)]
-  if scale == list(codec.scales)[0]:
+  if scale == coding_order(codec)[0]:
     return model_from(codec, out_channels, first, **codec.scale_options(scale))
   return model_from(codec, out_channels, conditioned, **codec.scale_options(scale),
                     levels=condition_levels(codec)[scale],
@@ -179,13 +195,17 @@ def scale_model_of(codec: HyperpriorCodec, scale: str, first: type, conditioned:
 
 
 class CrossScaleCodec(HyperpriorCodec):
-  """The per-scale base codec with each scale conditioned on the finer one (module doc).
+  """The per-scale base codec with each scale conditioned on the finer one (module doc), or with
+  `coarse_to_fine` on the coarser one: P5 first, P4 given P5, P3 given P4, the order in which
+  L-MFC (Liu et al., ICASSP 2023) codes the small scales and predicts the large ones from them.
 
   `scales` must run fine to coarse (p3, p4, p5) with latent strides that never shrink.
   """
 
   codec_id: ClassVar[str] = "cross_scale"
+  added_fields: ClassVar[tuple[str, ...]] = ("coarse_to_fine",)  # the zoo's keep their fingerprints
   condition_hidden: int = 64
+  coarse_to_fine: bool = False
 
   @nn.nowrap
   def scale_model(self, scale: str) -> HyperpriorModel:
@@ -199,7 +219,7 @@ class CrossScaleCodec(HyperpriorCodec):
   def code_scales(self, features: base.Pyramid, mode: str, scale_args=None
                   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     out, bits, prev = {}, {}, None
-    for s in self.scales:
+    for s in coding_order(self):
       x, m = features[s], self.models[s]
       if prev is None:
         prev, b = m.quantize_and_rate(*m.analyze(x), mode)
@@ -212,7 +232,7 @@ class CrossScaleCodec(HyperpriorCodec):
   @nn.nowrap
   def compress_streams(self, params, tables, features, scale_args=None):
     coded, prev = base.Coded(), None
-    for s in self.scales:
+    for s in coding_order(self):
       args = () if prev is None else (prev,)
       prev = coded.add(s, *self.scale_model(s).encode(params[f"models_{s}"], tables[s],
                                                       features[s], *args))
@@ -221,7 +241,7 @@ class CrossScaleCodec(HyperpriorCodec):
   @nn.nowrap
   def decompress_streams(self, params, tables, streams, shapes, metadata, scale_args=None):
     out, prev = {}, None
-    for s in self.scales:
+    for s in coding_order(self):
       model, p, part = self.scale_model(s), params[f"models_{s}"], base.part(s, streams, shapes,
                                                                               metadata)
       if prev is None:
@@ -281,14 +301,17 @@ class CrossScaleMFIBACodec(MFIBACodec):
   allocation) on the cross-scale base codec (`CrossScaleCodec`) instead of the per-scale one.
 
   Each scale's gain scales its latent; the next scale is conditioned on the decoded latent with
-  that gain divided out. The allocation models are calibrated as for MFIBA, scale by scale with
-  the others at MFIP's gains; they see a scale's own rate, not what its gain does to the coarser
-  scales' conditional rates. With gains of 1 and zero MFIP logits (its initialisation), a model
-  warm-started from a `CrossScaleCodec` starts as that codec.
+  that gain divided out (`coarse_to_fine` as in `CrossScaleCodec`). The allocation models are
+  calibrated as for MFIBA, scale by scale with the others at MFIP's gains; they see a scale's own
+  rate, not what its gain does to the coarser scales' conditional rates. With gains of 1 and zero
+  MFIP logits (its initialisation), a model warm-started from a `CrossScaleCodec` starts as that
+  codec.
   """
 
   codec_id: ClassVar[str] = "mfiba_cross"
+  added_fields: ClassVar[tuple[str, ...]] = ("coarse_to_fine",)  # the zoo's keep their fingerprints
   condition_hidden: int = 64
+  coarse_to_fine: bool = False
 
   @nn.nowrap
   def scale_model(self, scale: str) -> HyperpriorModel:
@@ -302,7 +325,7 @@ class CrossScaleMFIBACodec(MFIBACodec):
                   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """(features_hat, bits); `scale_args` {scale: (gain (N,), inverse gain (N,))}, required."""
     out, bits, prev = {}, {}, None
-    for s in self.scales:
+    for s in coding_order(self):
       x, m, (gain, inv_gain) = features[s], self.models[s], scale_args[s]
       if prev is None:
         y_hat, b = m.quantize_and_rate(*m.analyze(x, gain), mode)
@@ -316,8 +339,8 @@ class CrossScaleMFIBACodec(MFIBACodec):
   @nn.nowrap
   def streams_at(self, params, tables, features, indexes: Sequence[int]):
     table, inv_table = self.gains
-    coded, prev = base.Coded(), None
-    for s, i in zip(self.scales, indexes):
+    coded, prev, index = base.Coded(), None, dict(zip(self.scales, indexes))
+    for s, i in ((s, index[s]) for s in coding_order(self)):
       model, gain = self.scale_model(s), table[i:i + 1]
       args = (features[s], gain) if prev is None else (features[s], prev, gain)
       y_hat = coded.add(s, *model.encode(params[f"models_{s}"], tables[s], *args))
@@ -327,8 +350,8 @@ class CrossScaleMFIBACodec(MFIBACodec):
   @nn.nowrap
   def features_at(self, params, tables, streams, shapes, metadata, indexes: Sequence[int]):
     table, inv_table = self.gains
-    out, prev = {}, None
-    for s, i in zip(self.scales, indexes):
+    out, prev, index = {}, None, dict(zip(self.scales, indexes))
+    for s, i in ((s, index[s]) for s in coding_order(self)):
       model, p = self.scale_model(s), params[f"models_{s}"]
       part = base.part(s, streams, shapes, metadata)
       gain, inv_gain = table[i:i + 1], inv_table[i:i + 1]

@@ -1,6 +1,7 @@
 import importlib.util
 from pathlib import Path
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -32,7 +33,9 @@ def _perturbed(variables, seed=1):
                                    zip(leaves, keys)])
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(qualities=3, quality=2)], ids=["one_rate", "variable"])
+@pytest.mark.parametrize("kw", [dict(), dict(qualities=3, quality=2), dict(coarse_to_fine=True),
+                                dict(coarse_to_fine=True, qualities=3, quality=1)],
+                         ids=["one_rate", "variable", "coarse_to_fine", "coarse_to_fine_variable"])
 def test_round_trip_through_the_range_coder(kw):
   codec = CrossScaleCodec(**SMALL, **kw)
   feats = checks.pyramid()
@@ -41,12 +44,13 @@ def test_round_trip_through_the_range_coder(kw):
   assert set(out["bits"]) == {f"{s}/{k}" for s in ("p3", "p4", "p5") for k in ("y", "z")}
   params, tables, data, _ = checks.check_round_trip(codec, variables, feats,
                                                    eager_atol=EAGER_ATOL)
-  if not kw:
+  if not kw or kw == dict(coarse_to_fine=True):
     checks.check_bad_input(codec, params, tables, data, feats)
 
 
-def test_odd_sizes_are_padded_and_cropped():
-  codec = CrossScaleCodec(**SMALL)
+@pytest.mark.parametrize("coarse_to_fine", [False, True], ids=["fine_to_coarse", "coarse_to_fine"])
+def test_odd_sizes_are_padded_and_cropped(coarse_to_fine):
+  codec = CrossScaleCodec(**SMALL, coarse_to_fine=coarse_to_fine)
   feats = checks.odd_pyramid()
   checks.check_round_trip(codec, _perturbed(checks.init(codec, feats)), feats,
                           eager_atol=EAGER_ATOL)
@@ -81,6 +85,52 @@ def test_the_coarser_scales_depend_on_the_finer_ones():
   np.testing.assert_array_equal(a["p3"], c["p3"])
 
 
+def test_coarse_to_fine_the_finer_scales_depend_on_the_coarser_ones():
+  """With `coarse_to_fine` P5 is coded first: P3's and P4's reconstructions and rates change when
+  only P5 changes; P5's do not depend on P3."""
+  codec = CrossScaleCodec(**SMALL, coarse_to_fine=True)
+  feats = checks.pyramid()
+  variables = _perturbed(checks.init(codec, feats))
+  assert set(variables["params"]["models_p3"]) >= {"condition"}
+  assert "condition" not in variables["params"]["models_p5"]
+  a, b = (codec.apply(variables, f, False) for f in (feats, dict(feats, p5=feats["p5"] + 1.0)))
+  for s in ("p3", "p4"):
+    assert not np.allclose(a["features_hat"][s], b["features_hat"][s])
+    assert not np.allclose(a["bits"][f"{s}/y"], b["bits"][f"{s}/y"])
+  c = codec.apply(variables, dict(feats, p3=feats["p3"] + 1.0), False)
+  np.testing.assert_array_equal(a["features_hat"]["p5"], c["features_hat"]["p5"])
+  np.testing.assert_array_equal(a["bits"]["p5/y"], c["bits"]["p5/y"])
+
+
+def test_coarse_to_fine_warm_start_from_fine_to_coarse_leaves_out_the_condition():
+  """`overlay_params(..., exclude="condition")`: a coarse-to-fine codec takes every transform and
+  gain of a fine-to-coarse one and none of its conditioning, which keeps its init (zero heads), so
+  it starts as the source's scales coded independently."""
+  feats = checks.pyramid()
+  source = _perturbed(checks.init(CrossScaleCodec(**SMALL, qualities=3), feats))["params"]
+  codec = CrossScaleCodec(**SMALL, qualities=3, coarse_to_fine=True)
+  fresh = jax.tree.map(np.asarray, checks.init(codec, feats)["params"])
+  params, copied, total = train_lib.overlay_params(fresh, source, exclude="condition")
+  flat = {"/".join(k): v for k, v in
+          flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, params)).items()}
+  src = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(source).items()}
+  ini = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(fresh).items()}
+  assert copied == sum("condition" not in k for k in src) and total == len(flat)
+  for k, v in flat.items():
+    np.testing.assert_array_equal(v, ini[k] if "condition" in k else src[k])
+  assert any("condition" in k for k in flat) and any("condition" in k for k in src)
+  with pytest.raises(errors.ConfigError, match="not a regular expression"):
+    train_lib.overlay_params(fresh, source, exclude="condition(")
+  with pytest.raises(errors.ConfigError, match="matches no parameter"):
+    train_lib.overlay_params(fresh, source, exclude="no_such_module")
+
+
+def test_coarse_needs_cross_in_the_base_config():
+  from configs import base as base_config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="needs cross"):
+    base_config.get_config("smoke,coarse")
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(scales=("p5", "p4", "p3"), channels=(64, 32, 16)), "fine to coarse"),
     (dict(scales=("a", "b", "c")), "named p<k>"),
@@ -92,13 +142,16 @@ def test_bad_scale_orders_are_config_errors(kw, match):
     checks.init(codec, feats)
 
 
-@pytest.mark.parametrize("module,codec_name", [("base", "cross_scale"), ("mfiba", "mfiba_cross")])
-def test_the_cross_configs_train_with_the_recipe_and_code(module, codec_name, tmp_path):
+@pytest.mark.parametrize("module,arg,codec_name", [("base", "cross", "cross_scale"),
+                                                   ("base", "cross,coarse", "cross_scale"),
+                                                   ("mfiba", "cross", "mfiba_cross")],
+                         ids=["base", "base_coarse_to_fine", "mfiba"])
+def test_the_cross_configs_train_with_the_recipe_and_code(module, arg, codec_name, tmp_path):
   """`configs/<module>.py:cross` through the training loop (variable rate, a quality drawn per step,
   straight-through last step; MFIBA's post-training calibration), then a real bitstream from the
   checkpoint, decoded to the evaluation-mode output at the allocation it carries."""
   from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module(f"configs.{module}").get_config("smoke,cross")
+  config = importlib.import_module(f"configs.{module}").get_config(f"smoke,{arg}")
   with config.unlocked():
     config.progress, config.steps, config.loss.mixed_fraction = False, 3, 0.34
   metrics = train_lib.train_and_evaluate(config, str(tmp_path))
@@ -136,7 +189,9 @@ def _uneven_mfip(variables):
   return {"params": params}
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(qualities=3, quality=1)], ids=["one_rate", "variable"])
+@pytest.mark.parametrize("kw", [dict(), dict(qualities=3, quality=1),
+                                dict(coarse_to_fine=True, qualities=3, quality=1)],
+                         ids=["one_rate", "variable", "coarse_to_fine"])
 def test_mfiba_cross_round_trip_with_per_image_gains(kw):
   codec = _mfiba_cross(**kw)
   feats = checks.pyramid()
