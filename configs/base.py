@@ -12,17 +12,18 @@ r"""The base learned codec: a mean-scale hyperprior per pyramid scale (hssc_jax.
 The zoo's base codec is the cross-scale one (`cross`); the default is the per-scale codec.
 
 Arguments: smoke, context (channel-wise context entropy model), cross (each scale conditioned on the
-finer one, `hssc_jax.codecs.cross_scale`), coarse (with cross: each scale conditioned on the
-coarser one instead, P5 coded first), wide (latents of 192, 256, 384 channels for P3, P4, P5
-instead of 64, 96, 128, and 128 hidden channels in P3's transforms), lmbda, steps, task (weight of
-the detector-head distillation term). Any field can be overridden on the command line, e.g.
-`--config.data.batch_size=16`. `get_sweep()` lists the lambda sweep for an RD curve.
+finer one, `hssc_jax.codecs.cross_scale`), coarse (with cross: each scale conditioned on the coarser
+one instead, P5 coded first), wide (latents of 192, 256, 384 channels for P3, P4, P5 instead of 64,
+96, 128, and 128 hidden channels in P3's transforms), blocks (residual blocks on the latent grid of
+P4's and P5's transforms, which are otherwise single linear convolutions), lmbda, steps, task
+(weight of the detector-head distillation term). Any field can be overridden on the command line,
+e.g. `--config.data.batch_size=16`. `get_sweep()` lists the lambda sweep for an RD curve.
 """
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, context=False, cross=False, coarse=False, wide=False, lmbda=0.0,
-                steps=100_000, task=common.TASK_WEIGHT)
+DEFAULTS = dict(smoke=False, context=False, cross=False, coarse=False, wide=False, blocks=0,
+                lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT)
 
 
 def get_config(arg=None):
@@ -35,6 +36,8 @@ def get_config(arg=None):
     kwargs.update(latent_channels=(192, 256, 384), hidden_channels=(128, 96, 128))
   if arg.smoke:
     kwargs.update(latent_channels=8, hidden_channels=8, hyper_channels=8, context_hidden=(8,))
+  if arg.blocks:
+    kwargs.update(latent_blocks=(0, arg.blocks, arg.blocks))
   if arg.coarse and not arg.cross:
     raise ValueError("configs/base.py: coarse (the coarse-to-fine order) needs cross")
   if arg.cross:

@@ -203,7 +203,7 @@ class CrossScaleCodec(HyperpriorCodec):
   """
 
   codec_id: ClassVar[str] = "cross_scale"
-  added_fields: ClassVar[tuple[str, ...]] = ("coarse_to_fine",)  # the zoo's keep their fingerprints
+  added_fields: ClassVar[tuple[str, ...]] = HyperpriorCodec.added_fields + ("coarse_to_fine",)
   condition_hidden: int = 64
   coarse_to_fine: bool = False
 
@@ -309,7 +309,7 @@ class CrossScaleMFIBACodec(MFIBACodec):
   """
 
   codec_id: ClassVar[str] = "mfiba_cross"
-  added_fields: ClassVar[tuple[str, ...]] = ("coarse_to_fine",)  # the zoo's keep their fingerprints
+  added_fields: ClassVar[tuple[str, ...]] = MFIBACodec.added_fields + ("coarse_to_fine",)
   condition_hidden: int = 64
   coarse_to_fine: bool = False
 

@@ -56,6 +56,7 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
 
   out_channels: int = 0
   lrp: bool = True
+  latent_blocks: int = 0  # residual blocks of g_a and g_s on the latent grid (`Analysis`)
 
   @nn.nowrap
   def context_model(self) -> ChannelContext:
@@ -68,8 +69,10 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
       raise errors.ConfigError(f"out_channels must be >= 1, got {self.out_channels}")
     if self.transform not in ("gdn", "residual"):
       raise errors.ConfigError(f"transform must be 'gdn' or 'residual', got {self.transform!r}")
-    self.g_a = Analysis(self.hidden_channels, self.latent_channels, self.stages, self.transform)
-    self.g_s = Synthesis(self.hidden_channels, self.out_channels, self.stages, self.transform)
+    self.g_a = Analysis(self.hidden_channels, self.latent_channels, self.stages, self.transform,
+                        blocks=int(self.latent_blocks))
+    self.g_s = Synthesis(self.hidden_channels, self.out_channels, self.stages, self.transform,
+                         blocks=int(self.latent_blocks))
     self.h_a = HyperAnalysis(self.hyper_channels, self.hyper_stages)
     self.h_s = HyperSynthesis(self.hyper_channels, 2 * self.latent_channels, self.hyper_stages)
     self.entropy_bottleneck = EntropyBottleneck()
@@ -240,16 +243,19 @@ class HyperpriorCodec(base.FeatureCodec, CoderOptions):
   """
 
   codec_id: ClassVar[str] = "hyperprior"
+  added_fields: ClassVar[tuple[str, ...]] = ("latent_blocks",)  # the zoo's keep their fingerprints
   stages: Any = (2, 1, 1)
+  latent_blocks: Any = 0  # per scale or once: residual blocks of g_a and g_s on the latent grid
 
   model_class: ClassVar[type] = HyperpriorModel
 
   @nn.nowrap
   def scale_options(self, scale: str) -> dict[str, Any]:
-    """`latent_channels`, `hidden_channels`, `hyper_channels` and `stages` of one scale (each may be
-    given once or per scale)."""
+    """`latent_channels`, `hidden_channels`, `hyper_channels`, `stages` and `latent_blocks` of one
+    scale (each may be given once or per scale)."""
     return {f: base.per_scale(getattr(self, f), list(self.scales), f)[scale]
-            for f in ("latent_channels", "hidden_channels", "hyper_channels", "stages")}
+            for f in ("latent_channels", "hidden_channels", "hyper_channels", "stages",
+                      "latent_blocks")}
 
   @nn.nowrap
   def scale_model(self, scale: str) -> HyperpriorModel:

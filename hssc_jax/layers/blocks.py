@@ -19,22 +19,35 @@ def deconv(features: int, kernel: int = 3, stride: int = 2, name: str | None = N
 
 
 class ResidualBlock(nn.Module):
-  """x + conv(act(conv(act(x)))) with LeakyReLU, as in Cheng et al. (CVPR 2020) transforms."""
+  """x + conv(act(conv(act(x)))) with LeakyReLU, as in Cheng et al. (CVPR 2020) transforms;
+  `identity_init` starts the second convolution at zero, so the block starts as the identity."""
 
   features: int
   kernel: int = 3
+  identity_init: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = conv(self.features, self.kernel)(nn.leaky_relu(x))
-    h = conv(x.shape[-1], self.kernel)(nn.leaky_relu(h))
+    init = nn.initializers.zeros if self.identity_init else nn.initializers.lecun_normal()
+    h = nn.Conv(x.shape[-1], (self.kernel, self.kernel), padding="SAME", kernel_init=init)(
+        nn.leaky_relu(h))
     return x + h
+
+
+def latent_blocks(x: jax.Array, blocks: int) -> jax.Array:
+  """`blocks` identity-initialised residual blocks at the latent grid (`Analysis`, `Synthesis`)."""
+  for i in range(blocks):
+    x = ResidualBlock(x.shape[-1], identity_init=True, name=f"latent_block_{i}")(x)
+  return x
 
 
 class Analysis(nn.Module):
   """`stages` stride-2 convolutions (stride 1 when stages == 0) with GDN or residual blocks.
 
   The analysis transform g_a of Balle et al. 2018 / Minnen et al. 2018, sized for feature maps.
+  `blocks` residual blocks follow the last convolution, on the latent grid (a nonlinear stage for a
+  transform of one stage, which is otherwise linear); they start as the identity.
   """
 
   features: int
@@ -42,6 +55,7 @@ class Analysis(nn.Module):
   stages: int = 1
   kind: str = "gdn"  # "gdn" or "residual"
   kernel: int = 5
+  blocks: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -52,20 +66,23 @@ class Analysis(nn.Module):
                2 if self.stages > 0 else 1)(x)
       if not last:
         x = GDN()(x) if self.kind == "gdn" else ResidualBlock(self.features)(x)
-    return x
+    return latent_blocks(x, self.blocks)
 
 
 class Synthesis(nn.Module):
-  """Mirror of `Analysis`: `stages` stride-2 transposed convolutions with IGDN or residual blocks."""
+  """Mirror of `Analysis`: `stages` stride-2 transposed convolutions with IGDN or residual blocks,
+  after `blocks` residual blocks on the latent grid."""
 
   features: int
   out_features: int
   stages: int = 1
   kind: str = "gdn"
   kernel: int = 5
+  blocks: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    x = latent_blocks(x, self.blocks)
     n = max(self.stages, 1)
     for i in range(n):
       last = i == n - 1

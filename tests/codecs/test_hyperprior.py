@@ -1,6 +1,7 @@
 import importlib.util
 from pathlib import Path
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ SMALL = dict(channels=(16, 32, 64), latent_channels=24, hidden_channels=24, hype
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(context_slices=2, context_hidden=(16,)),
-                                dict(transform="residual")], ids=["meanscale", "context", "residual"])
+                                dict(transform="residual"), dict(latent_blocks=(0, 1, 2))],
+                         ids=["meanscale", "context", "residual", "latent_blocks"])
 def test_hyperprior_codec(kw):
   codec = HyperpriorCodec(**SMALL, **kw)
   feats = checks.pyramid()
@@ -108,3 +110,40 @@ def test_widening_a_channel_context_model_is_refused():
     else:
       with pytest.raises(errors.ConfigError, match="does not reconstruct what its source does"):
         widen.check_preserved(narrow, vn["params"], wide, params, feats)
+
+
+def _moved(params, seed=3):
+  """`params` with every array moved, so the identity-initialised blocks act."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape)
+                                   for a, k in zip(leaves, keys)])
+
+
+def test_latent_blocks_start_as_the_codec_without_them_and_are_hashed_when_set():
+  """`latent_blocks`: residual blocks on the latent grid of g_a and g_s, per scale. A codec with
+  them, warm-started from one without, reconstructs and rates exactly as it does (the blocks start
+  as the identity); once trained they change the output, and they move the fingerprint, while a
+  codec without them keeps the fingerprint it had before the field existed."""
+  from hssc_jax import train_lib  # pylint: disable=g-import-not-at-top
+  feats = checks.pyramid()
+  plain, blocks = HyperpriorCodec(**SMALL), HyperpriorCodec(**SMALL, latent_blocks=(0, 1, 2))
+  vp = {"params": _moved(checks.init(plain, feats)["params"])}
+  params, copied, total = train_lib.overlay_params(checks.init(blocks, feats)["params"],
+                                                   vp["params"])
+  assert copied == len(jax.tree.leaves(vp)) and total == copied + 6 * 4  # (1 + 2) blocks in g_a and g_s, 4 arrays each
+  names = {"/".join(k) for k in flax.traverse_util.flatten_dict(params)}
+  assert {f"models_p5/{t}/latent_block_1/Conv_1/kernel" for t in ("g_a", "g_s")} <= names
+  assert not any("latent_block" in n for n in names if n.startswith("models_p3/"))
+  a = plain.apply(vp, feats, False)
+  b = blocks.apply({"params": params}, feats, False)
+  for s in feats:
+    np.testing.assert_array_equal(a["features_hat"][s], b["features_hat"][s])
+  for k in a["bits"]:
+    np.testing.assert_array_equal(a["bits"][k], b["bits"][k])
+  c = blocks.apply({"params": _moved(params, seed=4)}, feats, False)
+  assert not np.allclose(c["features_hat"]["p5"], b["features_hat"]["p5"], atol=1e-3)
+  assert "latent_blocks" not in plain.decoding_config()
+  assert blocks.decoding_config()["latent_blocks"] == (0, 1, 2)
+  tp = plain.build_tables(vp["params"])
+  assert plain.fingerprint(vp["params"], tp) != blocks.fingerprint(vp["params"], tp)
