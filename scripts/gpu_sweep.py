@@ -25,7 +25,8 @@ from the base codec and the paper-form HSSC from the learned HSSC trained before
 does. The zoo's base and MFIBA are the cross-scale codecs (`configs/base.py:cross`,
 `configs/mfiba.py:cross`); `base_per_scale` and `mfiba_per_scale` (their per-scale forms, the
 configs' defaults) are packed too but trained only when named (MFIBA's from the sweep's
-base_per_scale when that ran first: name them in that order). Each method is written as a
+base_per_scale when that ran first: name them in that order), and so are two arms of the base
+codec, `base_coarse` (`configs/base.py:cross,coarse`) and `base_blocks` (`cross,blocks=1`). Each method is written as a
 zoo file (`zoo.save`: float16 parameters, fingerprints); a file over 15 MB is split into parts, so
 OUT holds at most 8 files, each under 16 MB. Rates are the entropy models' estimates: no range
 coding runs there.
@@ -62,9 +63,12 @@ IMAGES = "images.npz"
 DETECTOR = "detector.msgpack"
 METHODS = ("base", "lmfc", "hssc", "hsc", "mfiba", "hssc_paper")  # warm sources come first
 # Config (module, argument) of each method where it is not (name, ""): the zoo's base and MFIBA are
-# cross-scale; the per-scale forms are candidates, packed but trained only when named (VARIANTS).
+# cross-scale; the per-scale forms and the base codec's untried-at-length arms (coded coarse to
+# fine; residual blocks on P4's and P5's latent grid; docs/zoo_history.md, stop 47) are
+# candidates, packed but trained only when named (VARIANTS).
 CONFIGS = {"base": ("base", "cross"), "mfiba": ("mfiba", "cross"),
-           "base_per_scale": ("base", ""), "mfiba_per_scale": ("mfiba", "")}
+           "base_per_scale": ("base", ""), "mfiba_per_scale": ("mfiba", ""),
+           "base_coarse": ("base", "cross,coarse"), "base_blocks": ("base", "cross,blocks=1")}
 VARIANTS = tuple(m for m in CONFIGS if m not in METHODS)
 WARM_FROM = {"mfiba": "base", "hssc_paper": "hssc", "mfiba_per_scale": "base_per_scale"}
 PART_BYTES = 15_000_000  # parts stay under 16 MB

@@ -131,11 +131,13 @@ def test_pack_train_finish_end_to_end(tmp_path, shared):
   shared("data", "coco-mini", "train2017")
   shared("weights", "yolov5n-coco-v6.0.pt")
   bundle, out = tmp_path / "bundle", tmp_path / "out"
-  gpu_sweep.pack(bundle, ["base", "mfiba", "base_per_scale", "mfiba_per_scale"], limit=3)
+  gpu_sweep.pack(bundle, ["base", "mfiba", "base_per_scale", "mfiba_per_scale", "base_coarse",
+                         "base_blocks"], limit=3)
   run = BLOCKER + textwrap.dedent(f"""
       import runpy
       sys.argv = ["gpu_sweep.py", "train", {str(bundle)!r}, {str(out)!r}, "--methods", "base",
-                  "mfiba", "base_per_scale", "mfiba_per_scale", "--max-steps", "3"]
+                  "mfiba", "base_per_scale", "mfiba_per_scale", "base_coarse", "base_blocks",
+                  "--max-steps", "3"]
       runpy.run_path({str(REPO / "scripts" / "gpu_sweep.py")!r}, run_name="__main__")
       """)
   r = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True,
@@ -143,12 +145,16 @@ def test_pack_train_finish_end_to_end(tmp_path, shared):
   assert r.returncode == 0, r.stderr[-3000:]
   assert "mfiba: initialised" in r.stdout and "from the sweep's base\n" in r.stdout
   assert "from the sweep's base_per_scale" in r.stdout  # per-scale MFIBA from per-scale base
-  assert gpu_sweep.finish(out, install=False) == ["base", "base_per_scale", "mfiba",
-                                                  "mfiba_per_scale"]
+  assert gpu_sweep.finish(out, install=False) == ["base", "base_blocks", "base_coarse",
+                                                  "base_per_scale", "mfiba", "mfiba_per_scale"]
   from hssc_jax import zoo
   codecs = {n: zoo.read_info(zoo.path_of(n, out))["codec"] for n in zoo.names(out)}
   assert codecs == {"base": "cross_scale", "mfiba": "mfiba_cross",
-                    "base_per_scale": "hyperprior", "mfiba_per_scale": "mfiba"}
+                    "base_per_scale": "hyperprior", "mfiba_per_scale": "mfiba",
+                    "base_coarse": "cross_scale", "base_blocks": "cross_scale"}
+  kwargs = {n: zoo.read_info(zoo.path_of(n, out))["codec_kwargs"] for n in codecs}
+  assert kwargs["base_coarse"]["coarse_to_fine"] and "coarse_to_fine" not in kwargs["base"]
+  assert list(kwargs["base_blocks"]["latent_blocks"]) == [0, 1, 1]
   info = zoo.read_info(zoo.path_of("mfiba", out))
   assert info["steps"] == 3 and info["codec_kwargs"]["allocation_models"]
   model = zoo.load("mfiba", 2, folder=out)  # a real bitstream through the range coder
