@@ -69,6 +69,9 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
       raise errors.ConfigError(f"out_channels must be >= 1, got {self.out_channels}")
     if self.transform not in ("gdn", "residual"):
       raise errors.ConfigError(f"transform must be 'gdn' or 'residual', got {self.transform!r}")
+    if isinstance(self.latent_blocks, bool) or int(self.latent_blocks) != self.latent_blocks or \
+        self.latent_blocks < 0:
+      raise errors.ConfigError(f"latent_blocks must be an integer >= 0, got {self.latent_blocks!r}")
     self.g_a = Analysis(self.hidden_channels, self.latent_channels, self.stages, self.transform,
                         blocks=int(self.latent_blocks))
     self.g_s = Synthesis(self.hidden_channels, self.out_channels, self.stages, self.transform,

@@ -87,6 +87,9 @@ def test_bad_config():
     checks.init(HyperpriorCodec(**{**SMALL, "channels": (16, 32)}), checks.pyramid())
   with pytest.raises(errors.ConfigError):
     checks.init(HyperpriorCodec(**SMALL, transform="dct"), checks.pyramid())
+  for blocks in (-1, 1.5, (0, 1)):  # a negative or fractional count, or one entry short
+    with pytest.raises(errors.ConfigError, match="latent_blocks"):
+      checks.init(HyperpriorCodec(**SMALL, latent_blocks=blocks), checks.pyramid())
 
 
 def test_widening_a_channel_context_model_is_refused():
