@@ -55,15 +55,22 @@ def learning_rate_schedule(cfg: Any, steps: int) -> optax.Schedule:
   raise errors.ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
 
 
-def trainable_labels(params: Any, pattern: str) -> Any:
-  """{"train", "frozen"} per parameter array: "train" where `pattern` (a regular expression)
-  matches somewhere in its path ("models_p3/gain"), everything when `pattern` is empty."""
+def path_matcher(pattern: str, option: str) -> Callable[[Sequence[str]], bool]:
+  """Whether a regular expression (the config `option`'s value) matches somewhere in a parameter
+  path (("models_p3", "gain") is matched as "models_p3/gain"); a ConfigError when it is not one."""
   try:
     regex = re.compile(pattern)
   except re.error as e:
-    raise errors.ConfigError(f"optim.trainable is not a regular expression: {pattern!r} ({e})")
+    raise errors.ConfigError(f"{option} is not a regular expression: {pattern!r} ({e})") from e
+  return lambda path: regex.search("/".join(path)) is not None
+
+
+def trainable_labels(params: Any, pattern: str) -> Any:
+  """{"train", "frozen"} per parameter array: "train" where `pattern` (a regular expression)
+  matches somewhere in its path ("models_p3/gain"), everything when `pattern` is empty."""
+  matches = path_matcher(pattern, "optim.trainable")
   return flax.traverse_util.path_aware_map(
-      lambda path, _: "train" if regex.search("/".join(path)) else "frozen", params)
+      lambda path, _: "train" if matches(path) else "frozen", params)
 
 
 def check_trainable(params: Any, pattern: str) -> tuple[int, int]:
@@ -363,14 +370,11 @@ def overlay_params(params: Any, source: Any, skip_mismatched: bool = False, wide
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
   src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source))
   if exclude:
-    try:
-      matches = re.compile(exclude).search
-    except re.error as e:
-      raise errors.ConfigError(f"init_exclude {exclude!r} is not a regular expression: {e}") from e
-    dropped = [k for k in src if matches("/".join(k))]
-    if not dropped:
+    matches = path_matcher(exclude, "init_exclude")
+    kept = {k: v for k, v in src.items() if not matches(k)}
+    if len(kept) == len(src):
       raise errors.ConfigError(f"init_exclude {exclude!r} matches no parameter of the warm start")
-    src = {k: v for k, v in src.items() if k not in dropped}
+    src = kept
   clash = [k for k in flat if k in src and np.shape(src[k]) != np.shape(flat[k])]
   widened, clash = (clash, []) if widen else ([], clash)
   for k in widened:

@@ -26,10 +26,10 @@ does. The zoo's base and MFIBA are the cross-scale codecs (`configs/base.py:cros
 `configs/mfiba.py:cross`); `base_per_scale` and `mfiba_per_scale` (their per-scale forms, the
 configs' defaults) are packed too but trained only when named (MFIBA's from the sweep's
 base_per_scale when that ran first: name them in that order), and so are two arms of the base
-codec, `base_coarse` (`configs/base.py:cross,coarse`) and `base_blocks` (`cross,blocks=1`). Each method is written as a
-zoo file (`zoo.save`: float16 parameters, fingerprints); a file over 15 MB is split into parts, so
-OUT holds at most 8 files, each under 16 MB. Rates are the entropy models' estimates: no range
-coding runs there.
+codec, `base_coarse` (`configs/base.py:cross,coarse`) and `base_blocks` (`cross,blocks=1`). Each
+method is written as a zoo file (`zoo.save`: float16 parameters, fingerprints); a file over 15 MB
+is split into parts, so OUT holds at most 8 files, each under 16 MB. Rates are the entropy models'
+estimates: no range coding runs there.
 
 Run on one H200 (JAX 0.11.2, flax 0.12.10): each method compiles for 26-69 s and then runs 20-92
 steps/s at batch 8, so within 8 minutes the whole sweep runs and writes its files but trains each

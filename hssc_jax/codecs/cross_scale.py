@@ -73,8 +73,7 @@ class ScaleCondition(nn.Module):
       x = nn.leaky_relu(deconv(self.hidden, 3, 2)(x))
     x = nn.leaky_relu(conv(self.hidden, 3)(crop_or_pad(x, h, w)))
     x = nn.leaky_relu(conv(self.hidden, 3)(x))
-    heads = nn.Conv(4 * self.latent, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
-                    name="heads")(x)
+    heads = conv(4 * self.latent, 3, name="heads", kernel_init=nn.initializers.zeros)(x)
     a, mu, sigma, b = jnp.split(heads, 4, axis=-1)
     if self.qualities:  # into the gained domain of this scale's y (its gain's init, then learned)
       out = self.param("out_gain", _exp_gain(self.qualities), (self.qualities, self.latent))
@@ -161,7 +160,7 @@ def latent_stride(scale: str, stages: int) -> int:
 def coding_order(codec: HyperpriorCodec) -> list[str]:
   """The scales in the order they are coded: `scales` as given, reversed with `coarse_to_fine`."""
   scales = list(codec.scales)
-  return scales[::-1] if getattr(codec, "coarse_to_fine", False) else scales
+  return scales[::-1] if codec.coarse_to_fine else scales
 
 
 def condition_levels(codec: HyperpriorCodec) -> dict[str, int]:
@@ -340,7 +339,8 @@ class CrossScaleMFIBACodec(MFIBACodec):
   def streams_at(self, params, tables, features, indexes: Sequence[int]):
     table, inv_table = self.gains
     coded, prev, index = base.Coded(), None, dict(zip(self.scales, indexes))
-    for s, i in ((s, index[s]) for s in coding_order(self)):
+    for s in coding_order(self):
+      i = index[s]
       model, gain = self.scale_model(s), table[i:i + 1]
       args = (features[s], gain) if prev is None else (features[s], prev, gain)
       y_hat = coded.add(s, *model.encode(params[f"models_{s}"], tables[s], *args))
@@ -351,7 +351,8 @@ class CrossScaleMFIBACodec(MFIBACodec):
   def features_at(self, params, tables, streams, shapes, metadata, indexes: Sequence[int]):
     table, inv_table = self.gains
     out, prev, index = {}, None, dict(zip(self.scales, indexes))
-    for s, i in ((s, index[s]) for s in coding_order(self)):
+    for s in coding_order(self):
+      i = index[s]
       model, p = self.scale_model(s), params[f"models_{s}"]
       part = base.part(s, streams, shapes, metadata)
       gain, inv_gain = table[i:i + 1], inv_table[i:i + 1]

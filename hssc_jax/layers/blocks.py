@@ -9,8 +9,11 @@ import jax.numpy as jnp
 from hssc_jax.layers.gdn import GDN
 
 
-def conv(features: int, kernel: int = 3, stride: int = 1, name: str | None = None) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding="SAME", name=name)
+def conv(features: int, kernel: int = 3, stride: int = 1, name: str | None = None,
+         kernel_init: Callable[..., jax.Array] | None = None) -> nn.Conv:
+  """"SAME" convolution; `kernel_init` replaces flax's default initialiser where given."""
+  init = {} if kernel_init is None else {"kernel_init": kernel_init}
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding="SAME", name=name, **init)
 
 
 def deconv(features: int, kernel: int = 3, stride: int = 2, name: str | None = None):
@@ -29,9 +32,8 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = conv(self.features, self.kernel)(nn.leaky_relu(x))
-    init = nn.initializers.zeros if self.identity_init else nn.initializers.lecun_normal()
-    h = nn.Conv(x.shape[-1], (self.kernel, self.kernel), padding="SAME", kernel_init=init)(
-        nn.leaky_relu(h))
+    init = nn.initializers.zeros if self.identity_init else None
+    h = conv(x.shape[-1], self.kernel, kernel_init=init)(nn.leaky_relu(h))
     return x + h
 
 
