@@ -66,6 +66,9 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.data.seed = 0
   c.data.data_dir = ""
   c.data.cache_features = True
+  # True: part 1 runs on the whole letterboxed square and the cache cuts size x size windows
+  # from its maps (the coarse scales' values at evaluation; hssc_jax.training.feature_cache).
+  c.data.crop_features = False
   c.data.cache_variants = 32
   c.data.cache_dir = ""
 

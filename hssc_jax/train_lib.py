@@ -273,7 +273,12 @@ def _image_batches(config, detector, det_vars, workdir: Path, detector_identity
   if not sources:
     raise errors.ConfigError("data.sources is empty: give at least one (root, split)")
   letterbox = int(d.get("letterbox", 0))
-  kw = dict(size=d.size, batch_size=d.batch_size, scale_range=tuple(d.scale_range),
+  crop_features = bool(d.get("crop_features", False))
+  if crop_features and not (d.cache_features and letterbox >= d.size):
+    raise errors.ConfigError("data.crop_features crops the cached maps of whole letterboxed "
+                             "images: it needs data.cache_features and data.letterbox >= data.size")
+  image_size = letterbox if crop_features else d.size
+  kw = dict(size=image_size, batch_size=d.batch_size, scale_range=tuple(d.scale_range),
             hflip=d.hflip, data_dir=d.data_dir or None, letterbox=letterbox)
 
   def images():
@@ -284,7 +289,7 @@ def _image_batches(config, detector, det_vars, workdir: Path, detector_identity
       b = next(iters[i % len(iters)])
       i += 1
       yield {"image": b["image"],
-             "pixels": np.full((b["image"].shape[0],), float(d.size * d.size), np.float32)}
+             "pixels": np.full((b["image"].shape[0],), float(image_size**2), np.float32)}
 
   if not d.cache_features:
     def from_images(start: int):
@@ -302,10 +307,13 @@ def _image_batches(config, detector, det_vars, workdir: Path, detector_identity
                    seed=d.seed, batch=d.batch_size)
   if letterbox:
     key_parts["letterbox"] = letterbox
+  if crop_features:
+    key_parts.update(size=image_size, crop_features=True)
   key = feature_cache.cache_key(**key_parts)
   folder = Path(d.cache_dir or workdir / "feature_cache") / key
   cache = feature_cache.build(folder, images(), num_batches, part1, detector.feature_names,
-                              d.size, meta={"detector": detector_identity}, seed=d.seed)
+                              image_size, meta={"detector": detector_identity}, seed=d.seed,
+                              crop=d.size if crop_features else 0)
 
   def cached(start: int):
     step = start

@@ -283,6 +283,30 @@ def make_crops(size: int, batch: int, scale_range: Sequence[float], hflip: bool)
   return crops
 
 
+def make_windows(size: int, full: int):
+  """`windows(features, key)`: with `data.crop_features` part 1 runs on the whole `full`-pixel
+  canvas and each example keeps a `size`-pixel window of its maps, at a random offset that is a
+  multiple of the coarsest stride, the same window at every scale (as
+  `training.feature_cache.FeatureCache.batch`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def windows(feats, key):
+    strides = {s: full // a.shape[1] for s, a in feats.items()}
+    step = max(strides.values())
+    n = next(iter(feats.values())).shape[0]
+    offsets = jax.random.randint(key, (n, 2), 0, (full - size) // step + 1) * step
+
+    def cut(a, st):
+      one = lambda x, o: jax.lax.dynamic_slice(x, (o[0] // st, o[1] // st, 0),
+                                               (size // st, size // st, x.shape[-1]))
+      return jax.vmap(one)(a, offsets)
+
+    return {s: cut(a, strides[s]) for s, a in feats.items()}
+
+  return windows
+
+
 def fit_steps(done: int, rate: float, left_s: float, compile_s: float, mixed_fraction: float,
               max_steps: int) -> tuple[int, bool]:
   """(total steps, whether to keep the mixed phase) for a method that has run `done` steps at
@@ -312,8 +336,14 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
   d, loss, optim = cfg["data"], cfg["loss"], cfg.optim
   size, batch = int(d["size"]), int(d["batch_size"])
   scales, channels = manifest["detector"]["feature_names"], manifest["detector"]["channels"]
-  crops = make_crops(size, batch, d["scale_range"], bool(d["hflip"]))
-  features_of = jax.jit(lambda c, v, k: det.part1(v, crops(c, k)))
+  if d.get("crop_features", False):  # part 1 on the whole canvas, windows of its maps
+    crops = make_crops(canvases.shape[1], batch, d["scale_range"], bool(d["hflip"]))
+    windows = make_windows(size, canvases.shape[1])
+    part1 = lambda v, c, k: windows(det.part1(v, crops(c, k)), jax.random.fold_in(k, 1))
+  else:
+    crops = make_crops(size, batch, d["scale_range"], bool(d["hflip"]))
+    part1 = lambda v, c, k: det.part1(v, crops(c, k))
+  features_of = jax.jit(lambda c, v, k: part1(v, c, k))
   rng = jax.random.PRNGKey(int(cfg["seed"]))
   data_key, norm_key, fit_key = (jax.random.fold_in(rng, i) for i in (1, 2, 3))
 
@@ -351,7 +381,7 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
                                      quality_weights=train_lib.quality_weights_of(cfg))
 
     def run(state, canvases, det_vars, lr, key):
-      feats = jax.lax.stop_gradient(det.part1(det_vars, crops(canvases, key)))
+      feats = jax.lax.stop_gradient(part1(det_vars, canvases, key))
       state["opt_state"][1].hyperparams["learning_rate"] = lr
       return step(state, {"features": feats, "pixels": pixels})
 

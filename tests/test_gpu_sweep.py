@@ -82,6 +82,25 @@ def test_scaled_down_canvas_is_padded_gray_and_flips():
   assert {bool(r[0] > r[-1]) for r in rows} == {True, False}  # some flipped, some not
 
 
+def test_feature_windows_cut_the_same_aligned_window_at_every_scale():
+  rng = np.random.default_rng(0)
+  feats = {s: rng.normal(size=(6, n, n, c)).astype(np.float32)
+           for s, n, c in (("p3", 8, 3), ("p4", 4, 5), ("p5", 2, 7))}  # a 64-pixel canvas
+  windows = jax.jit(gpu_sweep.make_windows(size=32, full=64))
+  seen = set()
+  for k in range(4):
+    out = {s: np.asarray(a) for s, a in windows(feats, jax.random.PRNGKey(k)).items()}
+    for i in range(6):
+      assert out["p5"][i].shape == (1, 1, 7)
+      (y, x), = [(y, x) for y in (0, 32) for x in (0, 32)
+                 if np.array_equal(out["p3"][i], feats["p3"][i, y // 8:y // 8 + 4, x // 8:x // 8 + 4])]
+      seen.add((y, x))
+      for s, st in (("p4", 16), ("p5", 32)):
+        np.testing.assert_array_equal(out[s][i], feats[s][i, y // st:(y + 32) // st,
+                                                              x // st:(x + 32) // st])
+  assert len(seen) == 4
+
+
 def test_split_and_join_restore_the_file(tmp_path):
   data = np.random.default_rng(0).integers(0, 256, 2500, np.uint8).tobytes()
   path = tmp_path / "hsc.hsz"

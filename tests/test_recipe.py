@@ -152,6 +152,62 @@ def test_feature_cache_batches_are_stored_maps_and_reproducible(tmp_path):
       assert any(np.array_equal(row, x.astype(np.float16).astype(np.float32)) for x in feats[s])
 
 
+def test_feature_cache_crops_are_aligned_windows_of_the_stored_maps(tmp_path):
+  feats = _feats(batch=6, size=16)  # maps of 64-pixel images: strides 4, 8, 16
+  batches = iter([{"image": np.zeros((6, 1, 1, 3), np.float32)}])
+  cache = feature_cache.build(tmp_path, batches, 1, lambda x: feats, SCALES, 64, {}, seed=3,
+                              crop=32)
+  stored = {s: v.astype(np.float16).astype(np.float32) for s, v in feats.items()}
+  seen = set()
+  for step in range(6):
+    b = cache.batch(step, 4)
+    assert b["pixels"].tolist() == [32.0**2] * 4
+    for k in range(4):
+      p3 = b["features"]["p3"][k]
+      assert p3.shape == (8, 8, CHANNELS[0])
+      # the one stored map and 16-pixel-aligned offset this window was cut from ...
+      hits = [(i, y, x) for i in range(6) for y in range(0, 33, 16) for x in range(0, 33, 16)
+              if np.array_equal(p3, stored["p3"][i, y // 4:y // 4 + 8, x // 4:x // 4 + 8])]
+      assert len(hits) == 1
+      i, y, x = hits[0]
+      seen.add((y, x))
+      for s, st in (("p4", 8), ("p5", 16)):  # ... is the same window at every scale
+        np.testing.assert_array_equal(
+            b["features"][s][k], stored[s][i, y // st:(y + 32) // st, x // st:(x + 32) // st])
+  assert len(seen) > 1
+  again = feature_cache.FeatureCache(tmp_path, seed=3, crop=32).batch(4, 4)
+  np.testing.assert_array_equal(again["features"]["p5"], cache.batch(4, 4)["features"]["p5"])
+  with pytest.raises(ValueError, match="does not fit"):
+    feature_cache.FeatureCache(tmp_path, crop=24)
+
+
+def test_crop_features_needs_the_cache_and_a_letterbox(tmp_path):
+  config = base_config.get_config("smoke")
+  with config.unlocked():
+    config.data.crop_features = True
+  from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
+  det, variables = factory.build(config.detector)
+  with pytest.raises(errors.ConfigError, match="crop_features"):
+    train_lib._image_batches(  # pylint: disable=protected-access
+        config, det, variables, tmp_path, factory.identity(config.detector))
+
+
+def test_crop_features_trains_on_windows_of_whole_image_maps(tmp_path):
+  config = base_config.get_config("smoke")
+  with config.unlocked():
+    config.data.update(cache_features=True, cache_variants=1, crop_features=True, letterbox=128,
+                       cache_dir=str(tmp_path / "cache"))
+  from hssc_jax.detectors import factory  # pylint: disable=g-import-not-at-top
+  det, variables = factory.build(config.detector)
+  batches_from, kind = train_lib._image_batches(  # pylint: disable=protected-access
+      config, det, variables, tmp_path, factory.identity(config.detector))
+  b = next(batches_from(0))
+  whole = jax.eval_shape(det.part1, variables, jnp.zeros((1, 128, 128, 3), jnp.float32))
+  for s, a in b["features"].items():
+    assert a.shape[1:3] == tuple(d // 2 for d in whole[s].shape[1:3])  # 64 of 128 pixels
+  assert kind == "features" and b["pixels"][0] == 64.0**2
+
+
 def test_cached_stream_resumes_at_the_exact_batch(tmp_path):
   config = base_config.get_config("smoke")
   with config.unlocked():

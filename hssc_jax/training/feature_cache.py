@@ -8,6 +8,14 @@ randomness keyed by (seed, step), so a resumed run sees exactly the batches it w
 Flips happen to the images before part 1 (the pipeline's `hflip`), never to the cached feature
 maps: a flipped feature map is not the feature map of the flipped image.
 
+With `crop` (`build(..., crop=c)`) part 1 runs on the whole letterboxed square and each batch is
+cut from the stored maps: a window of c x c image pixels at a random offset that is a multiple of
+the coarsest scale's stride, the same window at every scale. Part 1 run on a crop sees zero padding
+where the full image has context, and its coarse maps differ most (YOLOv5n's P5 on 320-pixel crops
+has a narrower distribution than on the 640 square evaluation codes, and a codec trained on the
+former spends 4x the bits per P5 position on the latter); cropping the maps keeps evaluation's
+values and the training cost of a small crop.
+
 The cache folder is keyed by a digest of everything that determines its content (detector and its
 weights, sources, crop size, augmentation, variants, seed); a finished cache has a `done` marker.
 """
@@ -24,14 +32,20 @@ from hssc_jax import bitstream
 class FeatureCache:
   """Read side: memory-mapped per-scale arrays plus per-example pixel counts."""
 
-  def __init__(self, folder: str | Path, seed: int = 0):
+  def __init__(self, folder: str | Path, seed: int = 0, crop: int = 0):
     self.folder = Path(folder)
     meta = json.loads((self.folder / "meta.json").read_text())
     self.scales = meta["scales"]
-    self.size = meta["size"]
     self.arrays = {s: np.load(self.folder / f"{s}.npy", mmap_mode="r") for s in self.scales}
     self.num_examples = int(next(iter(self.arrays.values())).shape[0])
     self.seed = seed
+    full = int(meta["size"])
+    self.size = int(crop or full)  # pixels of one training example's side
+    self.strides = {s: full // a.shape[1] for s, a in self.arrays.items()}
+    if any(self.size % st or full % st for st in self.strides.values()) or self.size > full:
+      raise ValueError(f"feature cache {self.folder}: crop {self.size} does not fit the stored "
+                       f"{full}-pixel maps with strides {self.strides}")
+    self.full = full
 
   def batch(self, step: int, batch_size: int, shard_index: int = 0, num_shards: int = 1
             ) -> dict[str, Any]:
@@ -40,6 +54,15 @@ class FeatureCache:
     idx = np.sort(rng.choice(self.num_examples, batch_size * num_shards, replace=False))
     idx = idx[shard_index * batch_size:(shard_index + 1) * batch_size]
     feats = {s: np.asarray(a[idx], np.float32) for s, a in self.arrays.items()}
+    if self.size < self.full:
+      step = max(self.strides.values())
+      n_off = (self.full - self.size) // step + 1
+      offsets = rng.integers(0, n_off, (batch_size * num_shards, 2))
+      offsets = offsets[shard_index * batch_size:(shard_index + 1) * batch_size] * step
+      feats = {s: np.stack([a[i, y // self.strides[s]:(y + self.size) // self.strides[s],
+                              x // self.strides[s]:(x + self.size) // self.strides[s]]
+                            for i, (y, x) in enumerate(offsets)])
+               for s, a in feats.items()}
     return {"features": feats, "pixels": np.full((batch_size,), float(self.size**2), np.float32)}
 
 
@@ -49,11 +72,12 @@ def cache_key(**parts: Any) -> str:
 
 def build(folder: str | Path, batches: Iterator[Mapping[str, np.ndarray]], num_batches: int,
           part1: Callable[[np.ndarray], Mapping[str, Any]], scales: Sequence[str], size: int,
-          meta: Mapping[str, Any], seed: int = 0) -> FeatureCache:
-  """Fills `folder` with part-1 features of `num_batches` batches (skipped when already done)."""
+          meta: Mapping[str, Any], seed: int = 0, crop: int = 0) -> FeatureCache:
+  """Fills `folder` with part-1 features of `num_batches` batches of `size`-pixel images (skipped
+  when already done); `crop` > 0: batches are `crop`-pixel windows of the stored maps."""
   folder = Path(folder)
   if (folder / "done").exists():
-    return FeatureCache(folder, seed)
+    return FeatureCache(folder, seed, crop)
   folder.mkdir(parents=True, exist_ok=True)
   writers: dict[str, np.ndarray] = {}
   row = 0
@@ -73,4 +97,4 @@ def build(folder: str | Path, batches: Iterator[Mapping[str, np.ndarray]], num_b
   (folder / "meta.json").write_text(json.dumps(dict(meta, scales=list(scales), size=size,
                                                     examples=row), indent=2, default=str))
   (folder / "done").write_text("ok\n")
-  return FeatureCache(folder, seed)
+  return FeatureCache(folder, seed, crop)
