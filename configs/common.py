@@ -57,7 +57,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   ]
   c.data.synthetic_images = 0  # > 0: generate this many shapes images and train on them instead
   c.data.synthetic_size = 128
-  # Crops of size x size from images letterboxed as at evaluation (long side f x 640, gray borders).
+  # size x size crops of images letterboxed as at evaluation (long side f x 640, gray borders).
   c.data.letterbox = 640
   c.data.size = 320
   c.data.batch_size = 8
@@ -67,9 +67,12 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.data.data_dir = ""
   c.data.cache_features = True
   # True: part 1 runs on the whole letterboxed square and the cache cuts size x size windows
-  # from its maps (the coarse scales' values at evaluation; hssc_jax.training.feature_cache).
-  c.data.crop_features = False
-  c.data.cache_variants = 32
+  # from its maps, so the coarse scales hold the values evaluation codes (a crop pads where the
+  # square has context; hssc_jax.training.feature_cache). False: part 1 on image crops.
+  c.data.crop_features = True
+  # Passes over the sources (each image at a new scale and flip); with crop_features each pass
+  # stores whole-image maps (1.4 MB per image for YOLOv5n) and windows are drawn per batch.
+  c.data.cache_variants = 16
   c.data.cache_dir = ""
 
   c.loss = ml_collections.ConfigDict()
@@ -115,6 +118,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
     c.data.letterbox = 0
     c.data.batch_size = 2
     c.data.cache_features = False
+    c.data.crop_features = False
     c.codec.normalize_batches = 2
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 2

@@ -16,9 +16,10 @@ converted variables (msgpack); and each method's resolved training config (JSON)
 `train` needs JAX, flax, optax and numpy only. Per step, on the device: a batch of letterbox
 canvases is scale-jittered, cropped and flipped by `jax.image.scale_and_translate` (the
 augmentation of `data.pipeline._augment`: long side f x 640, f ~ U(scale_range), gray 114 borders,
-random crop, horizontal flip), part 1 of YOLOv5n gives the features, and the codec takes the train
-step of `train_lib.make_train_step` (normalisation, a quality drawn per step, rate + lambda x
-(MSE + task distillation), the last `mixed_fraction` of steps straight-through). The budget
+random crop, horizontal flip), part 1 of YOLOv5n gives the features (with `data.crop_features`,
+the recipe's default, of the whole 640 canvas, cut to 320-pixel windows), and the codec takes
+the train step of `train_lib.make_train_step` (normalisation, a quality drawn per step, rate +
+lambda x (MSE + task distillation), the last `mixed_fraction` of steps straight-through). The budget
 (`--minutes`) is split evenly between the methods; each measures its steps/s after compiling and
 fits its step count (and so its cosine schedule, driven from the host) to its share. MFIBA starts
 from the base codec and the paper-form HSSC from the learned HSSC trained before them, as the zoo
@@ -289,7 +290,6 @@ def make_windows(size: int, full: int):
   multiple of the coarsest stride, the same window at every scale (as
   `training.feature_cache.FeatureCache.batch`)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   def windows(feats, key):
     strides = {s: full // a.shape[1] for s, a in feats.items()}

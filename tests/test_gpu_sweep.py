@@ -93,7 +93,8 @@ def test_feature_windows_cut_the_same_aligned_window_at_every_scale():
     for i in range(6):
       assert out["p5"][i].shape == (1, 1, 7)
       (y, x), = [(y, x) for y in (0, 32) for x in (0, 32)
-                 if np.array_equal(out["p3"][i], feats["p3"][i, y // 8:y // 8 + 4, x // 8:x // 8 + 4])]
+                 if np.array_equal(out["p3"][i], feats["p3"][i, y // 8:y // 8 + 4,
+                                                              x // 8:x // 8 + 4])]
       seen.add((y, x))
       for s, st in (("p4", 16), ("p5", 32)):
         np.testing.assert_array_equal(out[s][i], feats[s][i, y // st:(y + 32) // st,
