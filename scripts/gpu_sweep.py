@@ -32,10 +32,12 @@ method is written as a zoo file (`zoo.save`: float16 parameters, fingerprints); 
 is split into parts, so OUT holds at most 8 files, each under 16 MB. Rates are the entropy models'
 estimates: no range coding runs there.
 
-Run on one H200 (JAX 0.11.2, flax 0.12.10): each method compiles for 26-69 s and then runs 20-92
-steps/s at batch 8, so within 8 minutes the whole sweep runs and writes its files but trains each
-method for only ~22 steps (README, "Training on a GPU"); training that counts needs ~30 minutes.
-On CPU the training path runs with the host-only packages blocked (tests/test_gpu_sweep.py).
+Run on one H200 (JAX 0.11.2, flax 0.12.10; before `crop_features`, with part 1 on 320-pixel
+crops): each method compiles for 26-69 s and then runs 20-92 steps/s at batch 8, so within 8
+minutes the whole sweep runs and writes its files but trains each method for only ~22 steps
+(README, "Training on a GPU"); training that counts needs ~30 minutes. On CPU the training path
+runs with the host-only packages blocked (tests/test_gpu_sweep.py); its end-to-end test (slow)
+passed with windows of whole-canvas features in 6m43s here (4m41s with crops).
 
 `finish` joins the parts, loads every quality of every model (fingerprint checks) and with
 `--install` copies them into `hssc_jax/assets/zoo/`. The bundle holds converted AGPL detector
