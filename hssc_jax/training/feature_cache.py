@@ -53,16 +53,18 @@ class FeatureCache:
     rng = np.random.default_rng([self.seed, step])
     idx = np.sort(rng.choice(self.num_examples, batch_size * num_shards, replace=False))
     idx = idx[shard_index * batch_size:(shard_index + 1) * batch_size]
-    feats = {s: np.asarray(a[idx], np.float32) for s, a in self.arrays.items()}
-    if self.size < self.full:
+    if self.size < self.full:  # cut each window from the memory map: only it is read and converted
       step = max(self.strides.values())
       n_off = (self.full - self.size) // step + 1
       offsets = rng.integers(0, n_off, (batch_size * num_shards, 2))
       offsets = offsets[shard_index * batch_size:(shard_index + 1) * batch_size] * step
       feats = {s: np.stack([a[i, y // self.strides[s]:(y + self.size) // self.strides[s],
                               x // self.strides[s]:(x + self.size) // self.strides[s]]
-                            for i, (y, x) in enumerate(offsets)])
-               for s, a in feats.items()}
+                            for i, (y, x) in zip(idx, offsets)])
+               for s, a in self.arrays.items()}
+    else:
+      feats = {s: a[idx] for s, a in self.arrays.items()}
+    feats = {s: np.asarray(v, np.float32) for s, v in feats.items()}
     return {"features": feats, "pixels": np.full((batch_size,), float(self.size**2), np.float32)}
 
 
