@@ -54,10 +54,10 @@ class FeatureCache:
     idx = np.sort(rng.choice(self.num_examples, batch_size * num_shards, replace=False))
     idx = idx[shard_index * batch_size:(shard_index + 1) * batch_size]
     if self.size < self.full:  # cut each window from the memory map: only it is read and converted
-      step = max(self.strides.values())
-      n_off = (self.full - self.size) // step + 1
+      coarsest = max(self.strides.values())  # window offsets are multiples of it
+      n_off = (self.full - self.size) // coarsest + 1
       offsets = rng.integers(0, n_off, (batch_size * num_shards, 2))
-      offsets = offsets[shard_index * batch_size:(shard_index + 1) * batch_size] * step
+      offsets = offsets[shard_index * batch_size:(shard_index + 1) * batch_size] * coarsest
       feats = {s: np.stack([a[i, y // self.strides[s]:(y + self.size) // self.strides[s],
                               x // self.strides[s]:(x + self.size) // self.strides[s]]
                             for i, (y, x) in zip(idx, offsets)])
