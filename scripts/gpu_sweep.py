@@ -295,9 +295,9 @@ def make_windows(size: int, full: int):
 
   def windows(feats, key):
     strides = {s: full // a.shape[1] for s, a in feats.items()}
-    step = max(strides.values())
+    coarsest = max(strides.values())  # window offsets are multiples of it
     n = next(iter(feats.values())).shape[0]
-    offsets = jax.random.randint(key, (n, 2), 0, (full - size) // step + 1) * step
+    offsets = jax.random.randint(key, (n, 2), 0, (full - size) // coarsest + 1) * coarsest
 
     def cut(a, st):
       one = lambda x, o: jax.lax.dynamic_slice(x, (o[0] // st, o[1] // st, 0),
