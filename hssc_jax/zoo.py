@@ -199,7 +199,9 @@ def respace(path: str | Path, positions: Sequence[float], folder: str | Path | N
   qualities of its present ladder, increasing: e.g. (0, 1, 2, 2.5, 3, 4) drops quality 5 and adds
   one between 2 and 3. Each new quality's gain vectors are those of its two neighbours mixed
   log-linearly, the continuous rate adaptation of Cui et al. (asymmetric gained VAE, CVPR 2021),
-  its lambda (header) mixed the same way; the header's `ladder` records the positions.
+  its lambda (header) mixed the same way; the header's `ladder` records the positions. Positions
+  up to one step past either end (-1 to q) extrapolate the end pair's log-linear line: a rate the
+  model was not trained for, to be measured before it is trusted.
   Transforms and entropy models stay; fingerprints are new. For codecs whose quality knob is
   gain vectors alone (ConfigError for per-quality QPs or allocation models: the HSSC paper form,
   MFIBA)."""
@@ -214,9 +216,9 @@ def respace(path: str | Path, positions: Sequence[float], folder: str | Path | N
     raise errors.ConfigError(f"{path}: codec {info['codec']!r} has per-quality options "
                              f"{per_quality}, not gains alone")
   if (pos.ndim != 1 or not pos.size or not np.all(np.isfinite(pos)) or np.any(np.diff(pos) <= 0)
-      or pos[0] < 0 or pos[-1] > q - 1):
-    raise errors.ConfigError(f"positions must increase within [0, {q - 1}], got {list(positions)}")
-  lo = np.minimum(np.floor(pos).astype(int), q - 2)
+      or pos[0] < -1 or pos[-1] > q):
+    raise errors.ConfigError(f"positions must increase within [-1, {q}], got {list(positions)}")
+  lo = np.clip(np.floor(pos).astype(int), 0, q - 2)
   frac = (pos - lo)[:, None]
 
   def mix(a, geometric=False):  # whole positions keep their rows exactly

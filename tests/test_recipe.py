@@ -487,7 +487,16 @@ def test_respace_moves_the_quality_ladder_by_gain_interpolation(smoke_zoo):
   for q in range(4):
     model = zoo.load("tiny_r", q, root / "respaced")
     assert model.decompress(model.compress(feats, (128, 128)))["p3"].shape == feats["p3"].shape
-  for bad in ([1, 0.5], [0, 9], [float("nan")], []):
+  q = info["codec_kwargs"]["qualities"]  # one step past either end: the end pair extrapolated
+  out_info, outside, _ = zoo._read(zoo.respace(path, [-1, 0, q], root / "outside", "tiny_o"))  # pylint: disable=protected-access
+  np.testing.assert_allclose(out_info["lmbdas"], [l[0] ** 2 / l[1], l[0], l[-1] ** 2 / l[-2]])
+  for (key, old), new in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(outside)):
+    if key[-1].key in ("gain", "inv_gain"):
+      old = np.asarray(old, np.float64)  # log gains: a straight line
+      np.testing.assert_allclose(new[0], 2 * old[0] - old[1], atol=2e-3)
+      np.testing.assert_allclose(new[2], 2 * old[q - 1] - old[q - 2], atol=2e-3)
+      assert not np.allclose(new[2], old[q - 1])
+  for bad in ([1, 0.5], [0, q + 0.5], [-1.5, 0], [float("nan")], []):
     with pytest.raises(errors.ConfigError, match="positions must increase"):
       zoo.respace(path, bad, root / "respace_bad", "tiny_bad")
   for name in ("mfiba", "hssc_paper"):  # allocation models, QPs: one per quality, not gains
