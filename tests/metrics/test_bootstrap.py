@@ -102,3 +102,55 @@ def test_bd_rate_draws_and_bad_input(tmp_path):
     bootstrap.bootstrap_bd(scores, "anchor", ids, samples=0)
   with pytest.raises(InvalidInputError, match="no points"):
     bootstrap.bd_rates(scores, "missing", ids)
+
+
+def _workdir(path, root, split, methods):
+  """An eval.py codecs workdir: {method: {point: record}} with its per-image records."""
+  from hssc_jax import codec_eval  # pylint: disable=g-import-not-at-top
+  rows = []
+  for method, points in methods.items():
+    for label, record in points.items():
+      point = codec_eval.point_path(path, method, label)
+      point.parent.mkdir(parents=True, exist_ok=True)
+      codec_eval.detections_path(point).write_text(json.dumps(dict(record, source=None)))
+      rows.append(dict(method=method, point=label, source=None))
+  (path / "results.json").write_text(json.dumps(dict(points=rows)))
+  num = len(next(iter(next(iter(methods.values())).values()))["image_ids"])
+  (path / "uncompressed.json").write_text(json.dumps(dict(dataset=str(root), split=split,
+                                                          num_images=num)))
+  return path
+
+
+def test_the_script_compares_two_versions_of_a_model_on_the_same_draws(tmp_path, capsys):
+  """`scripts/bootstrap_bd.py --versus`: another workdir's points join as "<method> (versus)",
+  so one model is compared with its earlier version image draw by image draw; workdirs of other
+  images are refused."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  script = Path(__file__).resolve().parents[2] / "scripts" / "bootstrap_bd.py"
+  spec = importlib.util.spec_from_file_location("bootstrap_bd", script)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+
+  rng = np.random.default_rng(3)  # the points of the test above, where BD-rates exist
+  gt, results = _dataset(rng, num_images=6)
+  root = tmp_path / "coco"
+  (root / "annotations").mkdir(parents=True)
+  (root / "annotations" / "instances_val.json").write_text(json.dumps(gt))
+  ids = list(range(1, 7))
+  points = {}
+  for q, keep in enumerate((0.9, 0.7, 0.5, 0.3)):
+    bits = [float(b) for b in rng.integers(100, 1000, 6) * (q + 1)]
+    points[f"q{q}"] = ([r for r in results if r["score"] >= keep], bits)
+  version = lambda f: {q: _record(k, ids, [b * f for b in bits]) for q, (k, bits) in points.items()}
+  new = _workdir(tmp_path / "new", root, "val", {"m": version(0.5)})
+  old = _workdir(tmp_path / "old", root, "val", {"m": version(1.0)})
+  module.main(["--workdir", str(new), "--versus", str(old), "--anchor", "m (versus)",
+               "--samples", "5", "--threshold", "0"])
+  row = next(l.split() for l in capsys.readouterr().out.splitlines() if l.startswith("m "))
+  assert float(row[1]) == pytest.approx(-50, abs=1e-3) and float(row[-2]) == 1.0
+
+  other = _workdir(tmp_path / "other", root, "val", {"m": {q: _record(k, ids[:5], b[:5])
+                                                          for q, (k, b) in points.items()}})
+  with pytest.raises(SystemExit, match="same images"):
+    module.main(["--workdir", str(new), "--versus", str(other), "--anchor", "m (versus)"])
