@@ -67,8 +67,9 @@ def main(argv=None):
   scores, missing = {}, []
   _read_points(Path(args.workdir), gt, "", scores, missing)
   if args.versus:
-    if _images_of(Path(args.versus)) != reference:
-      raise SystemExit(f"--versus {args.versus} was evaluated on {_images_of(Path(args.versus))}, "
+    versus_images = _images_of(Path(args.versus))
+    if versus_images != reference:
+      raise SystemExit(f"--versus {args.versus} was evaluated on {versus_images}, "
                        f"{args.workdir} on {reference}: a paired comparison needs the same images")
     _read_points(Path(args.versus), gt, " (versus)", scores, missing)
   if missing:

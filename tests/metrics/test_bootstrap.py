@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from hssc_jax import codec_eval
 from hssc_jax.errors import InvalidInputError
 from hssc_jax.metrics import bootstrap
 from hssc_jax.metrics import coco
@@ -70,19 +71,26 @@ def test_a_draw_scores_as_the_dataset_that_holds_its_images(tmp_path, seed):
   assert scores.score([4, 2, 2]) == scores.score([2, 4, 2])  # order does not matter
 
 
-def test_bd_rate_draws_and_bad_input(tmp_path):
+def _four_points():
+  """A dataset of six images, its detections, and four operating points on it, {label:
+  (detections kept, bits)}, whose mAP rises with the bits (so BD-rates against them exist)."""
   rng = np.random.default_rng(3)
   gt, results = _dataset(rng, num_images=6)
-  path = tmp_path / "gt.json"
-  path.write_text(json.dumps(gt))
-  ids = list(range(1, 7))
-  # Four operating points of an "anchor"; the other method gets the same detections at half the
-  # bits of each, so its BD-rate is -50% on every draw.
   points = {}
   for q, keep in enumerate((0.9, 0.7, 0.5, 0.3)):
     kept = [r for r in results if r["score"] >= keep]
     bits = [float(b) for b in rng.integers(100, 1000, 6) * (q + 1)]
     points[f"q{q}"] = (kept, bits)
+  return gt, results, points
+
+
+def test_bd_rate_draws_and_bad_input(tmp_path):
+  gt, results, points = _four_points()
+  path = tmp_path / "gt.json"
+  path.write_text(json.dumps(gt))
+  ids = list(range(1, 7))
+  # Four operating points of an "anchor"; the other method gets the same detections at half the
+  # bits of each, so its BD-rate is -50% on every draw.
   scores = {m: {q: bootstrap.PointScores.of(path, _record(k, ids, [b * f for b in bits]))
                 for q, (k, bits) in points.items()} for m, f in (("anchor", 1.0), ("half", 0.5))}
   assert bootstrap.bd_rates(scores, "anchor", ids)["half"] == pytest.approx(-50, abs=1e-6)
@@ -106,7 +114,6 @@ def test_bd_rate_draws_and_bad_input(tmp_path):
 
 def _workdir(path, root, split, methods):
   """An eval.py codecs workdir: {method: {point: record}} with its per-image records."""
-  from hssc_jax import codec_eval  # pylint: disable=g-import-not-at-top
   rows = []
   for method, points in methods.items():
     for label, record in points.items():
@@ -121,27 +128,17 @@ def _workdir(path, root, split, methods):
   return path
 
 
-def test_the_script_compares_two_versions_of_a_model_on_the_same_draws(tmp_path, capsys):
+def test_the_script_compares_two_versions_of_a_model_on_the_same_draws(tmp_path, capsys,
+                                                                      load_script):
   """`scripts/bootstrap_bd.py --versus`: another workdir's points join as "<method> (versus)",
   so one model is compared with its earlier version image draw by image draw; workdirs of other
   images are refused."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from pathlib import Path  # pylint: disable=g-import-not-at-top
-  script = Path(__file__).resolve().parents[2] / "scripts" / "bootstrap_bd.py"
-  spec = importlib.util.spec_from_file_location("bootstrap_bd", script)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-
-  rng = np.random.default_rng(3)  # the points of the test above, where BD-rates exist
-  gt, results = _dataset(rng, num_images=6)
+  module = load_script("bootstrap_bd")
+  gt, _, points = _four_points()
   root = tmp_path / "coco"
   (root / "annotations").mkdir(parents=True)
   (root / "annotations" / "instances_val.json").write_text(json.dumps(gt))
   ids = list(range(1, 7))
-  points = {}
-  for q, keep in enumerate((0.9, 0.7, 0.5, 0.3)):
-    bits = [float(b) for b in rng.integers(100, 1000, 6) * (q + 1)]
-    points[f"q{q}"] = ([r for r in results if r["score"] >= keep], bits)
   version = lambda f: {q: _record(k, ids, [b * f for b in bits]) for q, (k, bits) in points.items()}
   new = _workdir(tmp_path / "new", root, "val", {"m": version(0.5)})
   old = _workdir(tmp_path / "old", root, "val", {"m": version(1.0)})
