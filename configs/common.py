@@ -58,9 +58,13 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.data.synthetic_images = 0  # > 0: generate this many shapes images and train on them instead
   c.data.synthetic_size = 128
   # size x size crops of images letterboxed as at evaluation (long side f x 640, gray borders).
+  # size = letterbox trains on the whole square, as evaluation codes it: the hyperprior sees P5's
+  # full 20 x 20 grid and its gray borders (320 windows, the default until stop 53, gave the base
+  # codec twice the rate at the same mAP; docs/zoo_history.md, stop 53). Batch 2 of 640 holds the
+  # values of batch 8 of 320.
   c.data.letterbox = 640
-  c.data.size = 320
-  c.data.batch_size = 8
+  c.data.size = 640
+  c.data.batch_size = 2
   c.data.scale_range = (0.8, 1.05)
   c.data.hflip = True
   c.data.seed = 0
