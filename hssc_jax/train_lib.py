@@ -324,6 +324,17 @@ def _image_batches(config, detector, det_vars, workdir: Path, detector_identity
   return cached, "features"
 
 
+def feature_stream(config: Any, workdir: str | Path) -> Iterator[dict[str, np.ndarray]]:
+  """The raw (unnormalized) feature pyramids a run of `config` trains on, from its first batch
+  (the feature cache is built in `data.cache_dir`, else under `workdir`, when it is missing)."""
+  detector, det_vars = factory.build(config.detector)
+  batches_from, kind = _image_batches(config, detector, det_vars, Path(workdir),
+                                      factory.identity(config.detector))
+  part1 = None if kind == "features" else jax.jit(lambda x: detector.part1(det_vars, x))
+  for b in batches_from(0):
+    yield b["features"] if kind == "features" else jax.device_get(part1(b["image"]))
+
+
 def _global(batch: Mapping[str, Any], sharding: NamedSharding) -> Any:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

@@ -35,7 +35,7 @@ import json
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import flax.serialization
 import jax
@@ -211,6 +211,9 @@ def respace(path: str | Path, positions: Sequence[float], folder: str | Path | N
   pos = np.asarray(positions, np.float64)
   if q < 2:
     raise errors.ConfigError(f"{path}: a model of {q} qualities has no ladder to respace")
+  if kwargs.get("z_priors"):
+    raise errors.ConfigError(f"{path}: its z priors are fitted per quality and cannot be mixed; "
+                             "respace the model they were fitted on, then fit them again")
   per_quality = [k for k in _PER_QUALITY_OPTIONS if k in kwargs]
   if per_quality:
     raise errors.ConfigError(f"{path}: codec {info['codec']!r} has per-quality options "
@@ -249,6 +252,25 @@ def respace(path: str | Path, positions: Sequence[float], folder: str | Path | N
     keep["lmbdas"] = [float(l) for l in mix(np.asarray(lmbdas)[:, None], geometric=True)[:, 0]]
   keep["ladder"] = list(info.get("ladder", [])) + [[float(p) for p in pos]]
   return _write_again(path, info, stored, params, kwargs, moved, keep, folder, name)
+
+
+def fit_z_priors(path: str | Path, pyramids: Iterable[Mapping[str, Any]],
+                 folder: str | Path | None = None, name: str | None = None, steps: int = 1500
+                 ) -> tuple[Path, dict[str, Any]]:
+  """(path written, report): zoo file `path` written again with one factorized prior of z per
+  quality fitted on `pyramids`, raw training features (`training.z_priors`); transforms, gains and
+  decoded features stay as they are, only the z streams change (new fingerprints). The report
+  (bits per z element before and after, per quality) goes into the header as `z_priors_fit`."""
+  from hssc_jax.training import z_priors  # pylint: disable=g-import-not-at-top
+  info, params, _ = _read(path)
+  pyramids = list(pyramids)
+  codec, fitted, report = z_priors.fit(_build(info), params, pyramids, steps)
+  keep = {k: v for k, v in info.items() if k not in _WRITTEN_BY_SAVE}
+  keep["z_priors_fit"] = {"pyramids": len(pyramids), "steps": int(steps), "modules": report}
+  out = save(name or info["name"], info["codec"], dict(info["codec_kwargs"], z_priors=True),
+             info["scales"], info["channels"], fitted,
+             Path(path).parent if folder is None else folder, **keep)
+  return out, report
 
 
 def _same_tree(a: Any, b: Any) -> bool:

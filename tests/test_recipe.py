@@ -543,3 +543,18 @@ def test_transform_ceiling_passes_latents_through_unrounded_only_within_its_bloc
     np.testing.assert_array_equal(script.quantization.quantize(x, "round")[0], x)
   assert not np.allclose(exact, rounded, atol=1e-4)
   np.testing.assert_array_equal(run(), rounded)
+
+
+def test_fit_z_priors_script_fits_on_the_training_features_of_a_config(smoke_zoo, load_script,
+                                                                      capsys):
+  """scripts/fit_z_priors.py: the smoke config's training features (part 1 of its detector), a
+  config override parsed as a literal, a file with per-quality priors written under --out."""
+  root, _ = smoke_zoo
+  load_script("fit_z_priors").main(["tiny", "--folder", str(root / "zoo"), "--out",
+                                    str(root / "zp"), "--config", "configs/base.py:smoke",
+                                    "--batches", "2", "--steps", "20", "--config.data.seed=3"])
+  info = zoo.read_info(root / "zp" / "tiny.hsz")
+  assert info["codec_kwargs"]["z_priors"] and info["z_priors_fit"]["pyramids"] == 2
+  assert "bits per element q0" in capsys.readouterr().out
+  qualities = info["codec_kwargs"]["qualities"]
+  assert len(info["fingerprints"]) == qualities and zoo.load("tiny", qualities - 1, root / "zp")

@@ -181,11 +181,13 @@ class RateOptions(nn.Module):
   With `qualities` = Q > 0 the latents are scaled by learned per-channel gain vectors, one of Q
   selected by `quality` (Cui et al., "Asymmetric gained deep image compression with continuous
   rate adaptation", CVPR 2021), so one model covers a whole rate-accuracy curve; each quality has
-  its own fingerprint.
+  its own fingerprint. With `z_priors` each quality also codes its hyper-latents with its own
+  factorized prior (`hssc_jax.training.z_priors`, fitted after training).
   """
 
   qualities: int = 0
   quality: Any = 0
+  z_priors: bool = False
 
 
 class FeatureCodec(RateOptions):
@@ -213,6 +215,8 @@ class FeatureCodec(RateOptions):
   # Decoding fields added after models were shipped, whose default is the behaviour from before
   # they existed: hashed only when set otherwise, so the older models keep their fingerprints.
   added_fields: ClassVar[tuple[str, ...]] = ()
+  # Rate options added after models were shipped: for every codec, hashed only when set.
+  added_rate_fields: ClassVar[tuple[str, ...]] = ("z_priors",)
   scales: Sequence[str] = ("p3", "p4", "p5")
   channels: Sequence[int] = (64, 128, 256)
   train_quantization: str = "noise"
@@ -234,7 +238,7 @@ class FeatureCodec(RateOptions):
   @nn.nowrap
   def rate_kwargs(self) -> dict[str, Any]:
     """Fields a codec passes to the entropy-coded models it builds (variable rate)."""
-    return {"qualities": self.qualities, "quality": self.quality}
+    return {"qualities": self.qualities, "quality": self.quality, "z_priors": self.z_priors}
 
   @nn.nowrap
   def normalize(self, features: Pyramid) -> dict[str, Any]:
@@ -254,7 +258,7 @@ class FeatureCodec(RateOptions):
     defaults = {f.name: f.default for f in dataclasses.fields(self)}
     config = dict(module_config(self), **{k: defaults[k] for k in self.training_only})
     return {k: v for k, v in config.items() if k not in self.encoder_only
-            and not (k in self.added_fields and v == defaults[k])}
+            and not (k in (*self.added_fields, *self.added_rate_fields) and v == defaults[k])}
 
   @nn.nowrap
   def fingerprint(self, params: Any, tables: Any) -> bytes:

@@ -273,7 +273,7 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
     sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
     # Level 1 (H1)-(H2).
     y_c, z_c = self.core.analyze(features[self.scales[-1]])
-    z_c_hat, z_bits = self.core.entropy_bottleneck(z_c, mode)
+    z_c_hat, z_bits = self.core.entropy_bottleneck(z_c, mode, self.core.quality)
     core_hat, yc_bits = self.core.context(y_c, *self.core.hyper_synthesis(z_c_hat), mode)
     # Level 2 (H3)-(H5).
     y_f = self.feature_analysis(features)

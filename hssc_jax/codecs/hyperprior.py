@@ -11,6 +11,8 @@ With `context_slices > 0` the Gaussian parameters of y come from the channel-wis
 Minnen and Singh (ICIP 2020) driven by h_s's outputs (`entropy.channel_context`). g_a/g_s use GDN
 (Balle et al. 2016) or residual blocks. `HyperpriorModel` codes one tensor; `HyperpriorCodec`
 applies one model per scale, which is the "base learned codec" the bit-allocation methods build on.
+A variable-rate model with `z_priors` codes z with one factorized prior per quality
+(`hssc_jax.training.z_priors`).
 
 Port decisions: docs/port_notes.md, "Base codec: mean-scale hyperprior (Minnen et al. 2018)".
 """
@@ -78,13 +80,18 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
                          blocks=int(self.latent_blocks))
     self.h_a = HyperAnalysis(self.hyper_channels, self.hyper_stages)
     self.h_s = HyperSynthesis(self.hyper_channels, 2 * self.latent_channels, self.hyper_stages)
-    self.entropy_bottleneck = EntropyBottleneck()
+    self.entropy_bottleneck = EntropyBottleneck(qualities=self.z_prior_count)
     if self.context_slices:
       self.context = self.context_model()
     if self.qualities:
       self.gain = self.param("gain", gain_init(self.qualities), (self.qualities, self.latent_channels))
       self.inv_gain = self.param("inv_gain", gain_init(self.qualities, inverse=True),
                                  (self.qualities, self.latent_channels))
+
+  @property
+  def z_prior_count(self) -> int:
+    """Factorized priors of z: one per quality with `z_priors` (and qualities), else 0 (shared)."""
+    return int(self.qualities) if self.z_priors and self.qualities else 0
 
   @property
   def multiple(self) -> int:
@@ -114,7 +121,7 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
     """(y_hat, {"y": bits per image, "z": bits per image}): z through the entropy bottleneck, y
     through the Gaussian conditional (or the channel context) with h_s(z_hat)'s parameters
     (`hyper_args`: what a subclass's `hyper_synthesis` takes besides z_hat)."""
-    z_hat, z_bits = self.entropy_bottleneck(z, mode)
+    z_hat, z_bits = self.entropy_bottleneck(z, mode, self.quality)
     means, scales = self.hyper_synthesis(z_hat, *hyper_args)
     if self.context_slices:
       y_hat, y_bits = self.context(y, means, scales, mode)
@@ -134,15 +141,31 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
   @nn.nowrap
   def build_tables(self, params: Any) -> dict[str, Any]:
     scale_table = gaussian.default_scale_table()
-    return {"z": factorized.build_table(params["entropy_bottleneck"]["density"]).to_dict(),
-            "y": gaussian.build_table(scale_table).to_dict(), "scale_table": scale_table}
+    density = params["entropy_bottleneck"]["density"]
+    if self.z_prior_count:  # one z table per quality
+      z = {f"q{q}": factorized.build_table(factorized.at_quality(density, q)).to_dict()
+           for q in range(self.z_prior_count)}
+    else:
+      z = factorized.build_table(density).to_dict()
+    return {"z": z, "y": gaussian.build_table(scale_table).to_dict(), "scale_table": scale_table}
+
+  @nn.nowrap
+  def z_table(self, tables: Mapping[str, Any]) -> tables_lib.CDFTable:
+    """The CDF table of z at this model's quality (`build_tables`)."""
+    z = tables["z"]
+    if not self.z_prior_count:
+      return tables_lib.CDFTable.from_dict(z)
+    key = f"q{int(self.quality)}"
+    if key not in z:
+      raise errors.ConfigError(f"the tables hold no z prior for quality {int(self.quality)}")
+    return tables_lib.CDFTable.from_dict(z[key])
 
   @nn.nowrap
   def encode_latents(self, params: Any, tables: Mapping[str, Any], y: np.ndarray, z: np.ndarray,
                      jit: bool = True, hyper_args: tuple = ()
                      ) -> tuple[dict[str, bytes], int, np.ndarray]:
     """Host: codes the analysis outputs. Returns (streams, index digest, y_hat as decoded)."""
-    t_z = tables_lib.CDFTable.from_dict(tables["z"])
+    t_z = self.z_table(tables)
     t_y = tables_lib.CDFTable.from_dict(tables["y"])
     scale_table = np.asarray(tables["scale_table"])
     z_data, z_hat = factorized.compress(t_z, z)
@@ -175,7 +198,7 @@ class HyperpriorModel(CoderOptions, base.RateOptions):
     base.require(metadata, ["crc"], "metadata")
     x_shape, y_shape, z_shape = (tuple(shapes[k]) for k in ("x", "y", "z"))
     self._check_shapes(x_shape, y_shape, z_shape)
-    t_z = tables_lib.CDFTable.from_dict(tables["z"])
+    t_z = self.z_table(tables)
     t_y = tables_lib.CDFTable.from_dict(tables["y"])
     scale_table = np.asarray(tables["scale_table"])
     z_hat = factorized.decompress(t_z, streams["z"], z_shape)

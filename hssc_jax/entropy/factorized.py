@@ -13,7 +13,10 @@ Workflow:
   data = compress(table, z); z_hat = decompress(table, data, z.shape)                 # host
 
 Quantization is plain rounding (no learned offset), and tail bounds are found by bisection when the
-table is built, so there is no auxiliary loss or optimizer.
+table is built, so there is no auxiliary loss or optimizer. With `qualities` = Q > 0 the module holds
+Q densities (every parameter with a leading axis of Q) and codes with the one of `quality`: a
+variable-rate codec's hyper-latents are distributed differently at every quality
+(`hssc_jax.training.z_priors`).
 """
 
 from typing import Any, Sequence
@@ -77,20 +80,35 @@ def init_params(rng: jax.Array, channels: int, filters: Sequence[int] = (3, 3, 3
   return params
 
 
+def at_quality(density: Any, quality: Any) -> Any:
+  """The density of one quality from a per-quality stack (every leaf with a leading Q axis)."""
+  return jax.tree.map(lambda a: a[quality], density)
+
+
 class EntropyBottleneck(nn.Module):
   """Flax holder of the factorized-prior parameters; the math is this file's pure functions.
 
-  __call__(x, mode) with x channel-last returns (x_hat, bits per element). Modes are those of
-  `quantization.quantize`; noise comes from the "noise" rng collection.
+  __call__(x, mode, quality) with x channel-last returns (x_hat, bits per element). Modes are those
+  of `quantization.quantize`; noise comes from the "noise" rng collection. With `qualities` > 0 the
+  density is a stack of one per quality and `quality` (an int or a traced index) picks it. The
+  input is sown as intermediates "z" (for fitting priors after training).
   """
 
   filters: Sequence[int] = (3, 3, 3)
   init_scale: float = 10.0
+  qualities: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, mode: str) -> tuple[jax.Array, jax.Array]:
-    density = self.param("density", lambda key: init_params(key, x.shape[-1], self.filters,
-                                                           self.init_scale))
+  def __call__(self, x: jax.Array, mode: str, quality: Any = 0) -> tuple[jax.Array, jax.Array]:
+    def init(key):
+      one = init_params(key, x.shape[-1], self.filters, self.init_scale)
+      if not self.qualities:
+        return one
+      return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.qualities, *a.shape)), one)
+    density = self.param("density", init)
+    if self.qualities:
+      density = at_quality(density, quality)
+    self.sow("intermediates", "z", x)
     rng = self.make_rng("noise") if quantization.needs_rng(mode) else None
     x_hat, x_rate = quantization.quantize(x, mode, rng)
     return x_hat, bits(density, x_rate)
