@@ -55,7 +55,7 @@ def main(argv=None):
   parser.add_argument("--folder", default=None, help="zoo folder of the model (default: the zoo)")
   parser.add_argument("--out", required=True, help="folder for the new zoo file")
   parser.add_argument("--config", default="configs/base.py", help="training config (data source)")
-  parser.add_argument("--batches", type=int, default=200, help="training batches to fit on")
+  parser.add_argument("--batches", type=int, default=100, help="training batches to fit on")
   parser.add_argument("--steps", type=int, default=1500, help="Adam steps of the fit")
   args, overrides = parser.parse_known_args(argv)
   bad = [o for o in overrides if not o.startswith("--config.") or "=" not in o]
