@@ -324,15 +324,24 @@ def _image_batches(config, detector, det_vars, workdir: Path, detector_identity
   return cached, "features"
 
 
+def _feature_reader(kind: str, detector, det_vars) -> tuple[Callable | None, Callable]:
+  """(part 1 or None, batch -> feature pyramid) for batches of `kind` (`_image_batches`): the
+  cached features, or the jitted part 1 of the detector on the batch's images."""
+  if kind == "features":
+    return None, lambda b: b["features"]
+  part1 = jax.jit(lambda x: detector.part1(det_vars, x))
+  return part1, lambda b: part1(b["image"])
+
+
 def feature_stream(config: Any, workdir: str | Path) -> Iterator[dict[str, np.ndarray]]:
   """The raw (unnormalized) feature pyramids a run of `config` trains on, from its first batch
   (the feature cache is built in `data.cache_dir`, else under `workdir`, when it is missing)."""
   detector, det_vars = factory.build(config.detector)
   batches_from, kind = _image_batches(config, detector, det_vars, Path(workdir),
                                       factory.identity(config.detector))
-  part1 = None if kind == "features" else jax.jit(lambda x: detector.part1(det_vars, x))
+  _, as_features = _feature_reader(kind, detector, det_vars)
   for b in batches_from(0):
-    yield b["features"] if kind == "features" else jax.device_get(part1(b["image"]))
+    yield jax.device_get(as_features(b))
 
 
 def _global(batch: Mapping[str, Any], sharding: NamedSharding) -> Any:
@@ -423,9 +432,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   detector_identity = factory.identity(config.detector)
   channels = factory.feature_channels(detector)
   batches_from, kind = _image_batches(config, detector, det_vars, workdir, detector_identity)
-  part1 = None if kind == "features" else jax.jit(lambda x: detector.part1(det_vars, x))
-  as_features = ((lambda b: b["features"]) if kind == "features"
-                 else (lambda b: part1(b["image"])))
+  part1, as_features = _feature_reader(kind, detector, det_vars)
 
   stream = batches_from(0)
   first = as_features(next(stream))  # initialises the parameters (and starts the fit)

@@ -262,14 +262,13 @@ def fit_z_priors(path: str | Path, pyramids: Iterable[Mapping[str, Any]],
   decoded features stay as they are, only the z streams change (new fingerprints). The report
   (bits per z element before and after, per quality) goes into the header as `z_priors_fit`."""
   from hssc_jax.training import z_priors  # pylint: disable=g-import-not-at-top
-  info, params, _ = _read(path)
+  info, params, stored = _read(path)
   pyramids = list(pyramids)
-  codec, fitted, report = z_priors.fit(_build(info), params, pyramids, steps)
+  _, fitted, report = z_priors.fit(_build(info), params, pyramids, steps)
   keep = {k: v for k, v in info.items() if k not in _WRITTEN_BY_SAVE}
   keep["z_priors_fit"] = {"pyramids": len(pyramids), "steps": int(steps), "modules": report}
-  out = save(name or info["name"], info["codec"], dict(info["codec_kwargs"], z_priors=True),
-             info["scales"], info["channels"], fitted,
-             Path(path).parent if folder is None else folder, **keep)
+  out = _write_again(path, info, stored, params, dict(info["codec_kwargs"], z_priors=True), fitted,
+                     keep, folder, name, rebuild_tables=True)
   return out, report
 
 

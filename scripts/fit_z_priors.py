@@ -33,8 +33,7 @@ def training_config(spec: str, overrides: list[str]):
   loader = importlib.util.spec_from_file_location("fit_config", ROOT / path)
   module = importlib.util.module_from_spec(loader)
   loader.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  config.unlock()
+  config = module.get_config(arg or None)  # locked: an unknown key or a wrong type is refused
   for item in overrides:
     key, _, value = item.removeprefix("--config.").partition("=")
     try:

@@ -32,13 +32,13 @@ def collect(codec: Any, params: Any, pyramids: Iterable[Mapping[str, Any]]
   """{entropy-bottleneck module path: rounded z, (Q, N, C)} of the test-time forward of every
   quality over `pyramids` (raw features; each normalized as the codec does)."""
   qualities = int(codec.qualities)
-  forwards = [jax.jit(lambda p, f, m=codec.clone(quality=q): m.apply(
-      {"params": p}, f, False, mutable=["intermediates"])[1]) for q in range(qualities)]
+  forward = jax.jit(lambda p, f, q: codec.clone(quality=q).apply(
+      {"params": p}, f, False, mutable=["intermediates"])[1])  # one compile: q is traced
   found: dict[Path, list[list[np.ndarray]]] = {}
   for pyramid in pyramids:
     feats = codec.normalize({s: jnp.asarray(pyramid[s], jnp.float32) for s in codec.scales})
-    for q, forward in enumerate(forwards):
-      flat = flax.traverse_util.flatten_dict(dict(forward(params, feats)["intermediates"]))
+    for q in range(qualities):
+      flat = flax.traverse_util.flatten_dict(dict(forward(params, feats, q)["intermediates"]))
       for key, (z,) in flat.items():
         if key[-1] != "z":
           continue
