@@ -102,7 +102,7 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
   c.seed = 0
-  c.init_from = ""  # warm start (new optimizer): a workdir's latest parameters, or "zoo:<name>",
+  c.init_from = ""  # warm start (new optimizer): a workdir's latest parameters, "zoo:<name>", a .hsz file,
   # or several joined by "+" (later sources override earlier ones at the same parameter path)
   c.init_skip_mismatched = False  # warm start: leave arrays whose shape differs at their init
   c.init_widen = False  # warm start of a wider codec: narrower arrays fill the leading blocks

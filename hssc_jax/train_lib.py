@@ -354,7 +354,8 @@ ZOO_PREFIX = "zoo:"  # init_from="zoo:<name>": warm start from a shipped zoo mod
 
 def read_warm_start(init_from: str) -> tuple[dict[str, Any], Any] | None:
   """(header with the source's "codec_kwargs", float32 parameters) of a warm start: a zoo model
-  ("zoo:base") or a training workdir (its latest parameters, any codec); None when empty.
+  ("zoo:base"), a zoo file anywhere (".../hssc.hsz", e.g. one `zoo.respace` wrote) or a training
+  workdir (its latest parameters, any codec); None when empty.
 
   Several sources joined by "+" ("zoo:hssc+zoo:hssc_paper") are merged in order, a later source's
   arrays replacing an earlier one's at the same path; the header is the last source's.
@@ -373,6 +374,8 @@ def read_warm_start(init_from: str) -> tuple[dict[str, Any], Any] | None:
 
 
 def _read_one_warm_start(init_from: str) -> tuple[dict[str, Any], Any]:
+  if init_from.endswith(zoo.SUFFIX):
+    return zoo.read(init_from)
   if not init_from.startswith(ZOO_PREFIX):
     _, params, _, run = load_codec(init_from)
     return {"codec_kwargs": run["codec_kwargs"]}, jax.device_get(params)

@@ -503,6 +503,11 @@ def test_respace_moves_the_quality_ladder_by_gain_interpolation(smoke_zoo):
     with pytest.raises(errors.ConfigError, match="per-quality options"):
       zoo.respace(zoo.path_of(name), [0, 1], root / "respace_bad")
   assert not (root / "respace_bad").exists()
+  warm_info, warm = train_lib.read_warm_start(str(out))  # a respaced file starts a training run
+  assert warm_info["ladder"] == new_info["ladder"]
+  jax.tree.map(np.testing.assert_array_equal, warm, moved)
+  with pytest.raises(zoo.ZooError, match="zoo file not found"):
+    train_lib.read_warm_start(str(root / "missing.hsz"))
 
 
 @pytest.mark.parametrize("name", zoo.names())
