@@ -5,7 +5,7 @@
   features_hat = model.decompress(data)
 
 One file per method, `hssc_jax/assets/zoo/<name>.hsz`: a variable-rate model (one quality per
-lambda of its training sweep) with float16 parameters and its CDF tables. Layout (version 2):
+lambda of its training sweep) with float16 parameters and its CDF tables. Layout (version 3):
 
 ```
   0   8  magic b"HSJXZOO\\0"
@@ -14,7 +14,7 @@ lambda of its training sweep) with float16 parameters and its CDF tables. Layout
  14   n  JSON header: name, codec, codec_kwargs, scales, channels, detector, lmbdas, steps,
            tables_bytes m, SHA-256 of everything after the header, fingerprint of each quality
 14+n  m  the integer CDF tables (zlib of flax msgpack), built once at export
-14+n+m * flax msgpack of the float16 parameters
+14+n+m * zlib of the flax msgpack of the float16 parameters (version 2: not compressed)
 ```
 
 The tables travel with the weights because building them is floating-point work whose last bits
@@ -24,7 +24,8 @@ length and SHA-256 (a truncated or damaged file raises `ZooError`) and that ever
 fingerprint (configuration, parameters, tables) is the one recorded at export: a library change
 that would decode the zoo's bitstreams differently fails loudly instead of silently. Version 1
 files (no tables) still load, their tables rebuilt here, so on another machine than the one that
-exported them their fingerprints may not match: `upgrade` rewrites one as version 2. `export`
+exported them their fingerprints may not match: `upgrade` rewrites one in the current version
+(version 2 files load as they are; compressing their parameters changes no fingerprint). `export`
 writes a zoo file from a training workdir, `resave` writes one again with other encoder options or
 parameters, `respace` with its quality ladder moved.
 """
@@ -46,8 +47,8 @@ from hssc_jax.codecs import coders
 
 ZOO_DIR = Path(__file__).resolve().parent / "assets" / "zoo"
 MAGIC = b"HSJXZOO\0"
-FORMAT_VERSION = 2
-_READS = (1, 2)  # version 1: no tables section (rebuilt at load)
+FORMAT_VERSION = 3
+_READS = (1, 2, 3)  # version 1: no tables section (rebuilt at load); 3: parameters compressed
 SUFFIX = ".hsz"
 _PREAMBLE = struct.Struct(">8sHI")
 
@@ -122,7 +123,7 @@ def save(name: str, codec_name: str, codec_kwargs: Mapping[str, Any], scales: Se
   params = _to_float32(_to_float16(params))  # what loading will see
   tables = jax.tree.map(np.asarray, codec.build_tables(params) if tables is None else tables)
   packed = zlib.compress(flax.serialization.msgpack_serialize(tables), 9)
-  payload = packed + flax.serialization.msgpack_serialize(_to_float16(params))
+  payload = packed + zlib.compress(flax.serialization.msgpack_serialize(_to_float16(params)), 9)
   head.update(payload_sha256=hashlib.sha256(payload).hexdigest(), tables_bytes=len(packed),
               fingerprints=_fingerprints(codec, params, tables))
   header = json.dumps(head, sort_keys=True).encode("utf-8")
@@ -332,12 +333,24 @@ def _read(path: str | Path) -> tuple[dict[str, Any], Any, Any]:
   if not isinstance(m, int) or not 0 <= m <= len(payload):
     raise ZooError(f"{path}: tables_bytes {m!r} does not fit its {len(payload)}-byte payload")
   try:
-    tables = (flax.serialization.msgpack_restore(zlib.decompress(payload[:m]))
-              if version >= 2 else None)
-    params = flax.serialization.msgpack_restore(payload[m:])
+    tables = flax.serialization.msgpack_restore(_inflate(payload[:m])) if version >= 2 else None
+    params = flax.serialization.msgpack_restore(
+        _inflate(payload[m:]) if version >= 3 else payload[m:])
   except Exception as e:  # pylint: disable=broad-except
     raise ZooError(f"{path}: parameters or tables cannot be read ({e})") from e
   return info, _to_float32(params), tables
+
+
+MAX_INFLATED_BYTES = 1 << 30  # a zoo file's tables or parameters, decompressed
+
+
+def _inflate(data: bytes) -> bytes:
+  """zlib-decompressed `data`; ValueError past MAX_INFLATED_BYTES (a file built to exhaust memory)."""
+  inflater = zlib.decompressobj()
+  out = inflater.decompress(data, MAX_INFLATED_BYTES)
+  if inflater.unconsumed_tail or not inflater.eof:
+    raise ValueError(f"not a whole zlib stream of at most {MAX_INFLATED_BYTES} bytes")
+  return out
 
 
 def load(name: str, quality: int | None = None, folder: str | Path | None = None) -> ZooModel:

@@ -377,10 +377,11 @@ def _zoo_file(header: dict, tables: bytes, params: bytes, version: int = zoo.FOR
   return b"HSJXZOO\0" + struct.pack(">HI", version, len(raw)) + raw + tables + params
 
 
-def test_zoo_files_carry_their_tables(smoke_zoo):
+def test_zoo_files_carry_their_tables(smoke_zoo, monkeypatch):
   """The CDF tables are built once at export and read back, never rebuilt (their floating-point
   last bits depend on the machine); tables that lie under a valid checksum are refused, and a
-  version-1 file (no tables) loads with rebuilt tables and upgrades to version 2."""
+  version-1 file (no tables) loads with rebuilt tables and upgrades to the current version; a
+  version-2 file (parameters not compressed) loads with the same fingerprints."""
   root, path = smoke_zoo
   import flax.serialization  # pylint: disable=g-import-not-at-top
   blob = path.read_bytes()
@@ -388,6 +389,7 @@ def test_zoo_files_carry_their_tables(smoke_zoo):
   header = json.loads(blob[14:14 + n])
   m = header["tables_bytes"]
   packed, params = blob[14 + n:14 + n + m], blob[14 + n + m:]
+  raw = zlib.decompress(params)  # versions 1 and 2 store the msgpack as it is
   tables = flax.serialization.msgpack_restore(zlib.decompress(packed))
   model = zoo.load("tiny", 1, root / "zoo")
   want = model.codec.build_tables(model.params)
@@ -401,17 +403,28 @@ def test_zoo_files_carry_their_tables(smoke_zoo):
   (bad / "tiny.hsz").write_bytes(_zoo_file(header, lying, params))
   with pytest.raises(zoo.ZooError, match="fingerprint"):
     zoo.load("tiny", 1, bad)
-  (bad / "tiny.hsz").write_bytes(_zoo_file(header, b"\x78\x9c junk", params))
-  with pytest.raises(zoo.ZooError, match="cannot be read"):
+  for junk in (b"\x78\x9c junk", packed[:-4]):
+    (bad / "tiny.hsz").write_bytes(_zoo_file(header, junk, params))
+    with pytest.raises(zoo.ZooError, match="cannot be read"):
+      zoo.load("tiny", 1, bad)
+  monkeypatch.setattr(zoo, "MAX_INFLATED_BYTES", len(raw) - 1)  # parameters that inflate too far
+  (bad / "tiny.hsz").write_bytes(_zoo_file(header, packed, params))
+  with pytest.raises(zoo.ZooError, match="at most"):
     zoo.load("tiny", 1, bad)
+  monkeypatch.undo()
   old = root / "version1"
   old.mkdir()
-  (old / "tiny.hsz").write_bytes(_zoo_file(header, b"", params, version=1))
+  (old / "tiny.hsz").write_bytes(_zoo_file(header, b"", raw, version=1))
   data = model.compress({s: np.ones((1, 16 >> i, 16 >> i, c), np.float32) for i, (s, c) in
                          enumerate(zip(header["scales"], header["channels"]))}, (128, 128))
   assert zoo.load("tiny", 1, old).decompress(data)["p3"].shape == (1, 16, 16, header["channels"][0])
   zoo.upgrade(old / "tiny.hsz")
   assert (old / "tiny.hsz").read_bytes() == blob
+  two = root / "version2"
+  two.mkdir()
+  (two / "tiny.hsz").write_bytes(_zoo_file(header, packed, raw, version=2))
+  assert zoo.load("tiny", 1, two).decompress(data)["p3"].shape == (1, 16, 16, header["channels"][0])
+  assert len(raw) > len(params)
 
 
 def test_resave_keeps_the_tables_another_machine_built(smoke_zoo):
