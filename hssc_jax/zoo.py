@@ -212,13 +212,13 @@ def respace(path: str | Path, positions: Sequence[float], folder: str | Path | N
   pos = np.asarray(positions, np.float64)
   if q < 2:
     raise errors.ConfigError(f"{path}: a model of {q} qualities has no ladder to respace")
-  if kwargs.get("z_priors"):
-    raise errors.ConfigError(f"{path}: its z priors are fitted per quality and cannot be mixed; "
-                             "respace the model they were fitted on, then fit them again")
   per_quality = [k for k in _PER_QUALITY_OPTIONS if k in kwargs]
   if per_quality:
     raise errors.ConfigError(f"{path}: codec {info['codec']!r} has per-quality options "
                              f"{per_quality}, not gains alone")
+  if kwargs.get("z_priors"):
+    raise errors.ConfigError(f"{path}: its z priors are fitted per quality and cannot be mixed; "
+                             "respace the model they were fitted on, then fit them again")
   if (pos.ndim != 1 or not pos.size or not np.all(np.isfinite(pos)) or np.any(np.diff(pos) <= 0)
       or pos[0] < -1 or pos[-1] > q):
     raise errors.ConfigError(f"positions must increase within [-1, {q}], got {list(positions)}")
