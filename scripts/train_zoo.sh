@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains (or resumes) the variable-rate model of every method in the background, then exports each
-# finished one into the zoo (hssc_jax/assets/zoo/<method>.hsz; the base codec then gets its
-# per-quality z priors, scripts/fit_z_priors.py). Logs: $RUNS/<method>.log.
+# finished one into the zoo (hssc_jax/assets/zoo/<method>.hsz; the base codec, MFIBA, L-MFC and
+# HSSC then get their per-quality z priors, scripts/fit_z_priors.py). Logs: $RUNS/<method>.log.
 #
 #   scripts/train_zoo.sh                       # every method, 2 at a time, 1600 steps each
 #   METHODS="base lmfc" STEPS=3000 PARALLEL=1 scripts/train_zoo.sh
@@ -23,10 +23,10 @@ train_one() {
   "$PY" train.py --config "configs/$m.py:$args" --workdir "$RUNS/$m" \
     --config.data.cache_dir="$RUNS/feature_cache" --config.progress=False >> "$RUNS/$m.log" 2>&1
   "$PY" -c "from hssc_jax import zoo; print(zoo.export('$RUNS/$m', '$m'))" >> "$RUNS/$m.log" 2>&1
-  if [ "$m" = base ]; then  # the zoo's base codec codes z with one prior per quality (stop 54)
-    "$PY" scripts/fit_z_priors.py base --out hssc_jax/assets/zoo \
-      --config.data.cache_dir="$RUNS/feature_cache" >> "$RUNS/$m.log" 2>&1
-  fi
+  case $m in base|mfiba|lmfc|hssc)  # their zoo files code z with one prior per quality (stops 54-55)
+    "$PY" scripts/fit_z_priors.py "$m" --out hssc_jax/assets/zoo \
+      --config.data.cache_dir="$RUNS/feature_cache" >> "$RUNS/$m.log" 2>&1;;
+  esac
 }
 export -f train_one
 export RUNS STEPS PY
