@@ -98,15 +98,20 @@ def make_optimizer(cfg: Any, steps: int) -> optax.GradientTransformation:
                                lambda params: trainable_labels(params, pattern))
 
 
-def codec_kwargs(config: Any, feature_norm: Any = None) -> dict[str, Any]:
+def codec_kwargs(config: Any, feature_norm: Any = None,
+                 warm_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The codec's keyword arguments: the config's, plus the fitted normalization and the number of
-  qualities of a variable-rate run (one per lambda of `loss.lmbdas`)."""
+  qualities of a variable-rate run (one per lambda of `loss.lmbdas`). A warm start from a model
+  whose z priors were fitted per quality (`zoo.fit_z_priors`, `warm_kwargs` its codec kwargs)
+  keeps them: each quality's prior of z trains on, instead of a shared one of another shape."""
   kwargs = config.codec.kwargs.to_dict()
   lmbdas = lambdas_of(config)
   if len(lmbdas) > 1:
     kwargs["qualities"] = len(lmbdas)
   if feature_norm is not None:
     kwargs["feature_norm"] = feature_norm
+  if (warm_kwargs or {}).get("z_priors") and "z_priors" not in kwargs:
+    kwargs["z_priors"] = True
   return kwargs
 
 
@@ -448,7 +453,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     feature_norm = fit_feature_norm(fit_batches, int(config.codec.get("normalize_batches", 32)),
                                     detector.feature_names)
   del stream
-  kwargs = codec_kwargs(config, feature_norm)
+  kwargs = codec_kwargs(config, feature_norm, warm[0].get("codec_kwargs") if warm else None)
   codec = registry.build_codec(config.codec.name, kwargs, detector.feature_names, channels)
   checkpoints.check_run(workdir, _identity(config, kwargs, detector.feature_names, channels,
                                            detector_identity))

@@ -359,7 +359,7 @@ def train_method(name: str, cfg: Mapping[str, Any], det: Any, det_vars: Any, can
       keys = (jax.random.fold_in(norm_key, i) for i in range(n))
       batches = (jax.device_get(features_of(canvases, det_vars, k)) for k in keys)
       feature_norm = train_lib.fit_feature_norm(batches, n, scales)
-  kwargs = train_lib.codec_kwargs(cfg, feature_norm)
+  kwargs = train_lib.codec_kwargs(cfg, feature_norm, warm[0].get("codec_kwargs") if warm else None)
   codec = registry.build_codec(cfg["codec"]["name"], kwargs, scales, channels)
 
   tx = optax.chain(optax.clip_by_global_norm(float(optim["clip_norm"])),

@@ -583,3 +583,13 @@ def test_fit_z_priors_script_fits_on_the_training_features_of_a_config(smoke_zoo
   assert "bits per element q0" in capsys.readouterr().out
   qualities = info["codec_kwargs"]["qualities"]
   assert len(info["fingerprints"]) == qualities and zoo.load("tiny", qualities - 1, root / "zp")
+  config = base_config.get_config("smoke")  # the fitted file warm-starts a run that keeps them
+  with config.unlocked():
+    config.progress, config.steps = False, 1
+    config.init_from = str(root / "zp" / "tiny.hsz")
+  train_lib.train_and_evaluate(config, str(root / "zp_run"))
+  _, params, _, run = train_lib.load_codec(root / "zp_run")
+  assert run["codec_kwargs"]["z_priors"]
+  _, fitted = zoo.read(root / "zp" / "tiny.hsz")
+  shapes = lambda tree: jax.tree.map(np.shape, tree)
+  assert shapes(jax.device_get(params)) == shapes(fitted)
