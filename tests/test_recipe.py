@@ -573,7 +573,8 @@ def test_transform_ceiling_passes_latents_through_unrounded_only_within_its_bloc
 def test_fit_z_priors_script_fits_on_the_training_features_of_a_config(smoke_zoo, load_script,
                                                                       capsys):
   """scripts/fit_z_priors.py: the smoke config's training features (part 1 of its detector), a
-  config override parsed as a literal, a file with per-quality priors written under --out."""
+  config override parsed as a literal, a file with per-quality priors written under --out; that
+  file warm-starts a training run, which keeps one prior per quality (their shape)."""
   root, _ = smoke_zoo
   load_script("fit_z_priors").main(["tiny", "--folder", str(root / "zoo"), "--out",
                                     str(root / "zp"), "--config", "configs/base.py:smoke",
