@@ -6,6 +6,7 @@ the feature variance that a PCA of the patches one latent element covers leaves 
 
   python scripts/transform_ceiling.py base:5 hssc:5 --pca --per-scale
   python scripts/transform_ceiling.py base:5 --folder runs/s42/cand --split train2017
+  python scripts/transform_ceiling.py lmfc:5 base:5 --root runs/s46/kodak --split kodak --per-scale
 
 A quality whose unquantized mAP is no higher than its rounded one has reached what its transforms
 can carry: more rate (a higher gain) buys nothing there, only wider latents do.
@@ -48,9 +49,9 @@ def unquantized():
 class Split:
   """The part-1 features of one split, and the mAP of the detector's part 2 on any map of them."""
 
-  def __init__(self, model: str, split: str):
-    config = zoo_config.get_config(f"models={model},split={split},anchors=false,"
-                                   "image_anchor=false")
+  def __init__(self, model: str, split: str, root: str = ""):
+    config = zoo_config.get_config(f"models={model},split={split},anchors=false,image_anchor=false"
+                                   + (f",root={root}" if root else ""))
     self.det, self.det_vars = detector_eval.build_detector(config)
     self.data = pipeline.eval_data_of(config)
     part1 = jax.jit(self.det.part1)
@@ -115,12 +116,14 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("points", nargs="+", help="model:quality, e.g. base:5")
   ap.add_argument("--split", default="val2017")
+  ap.add_argument("--root", default="", help="a COCO-format folder other than coco-mini (e.g. "
+                  "the pseudo-labelled Kodak of scripts/pseudo_labels.py)")
   ap.add_argument("--folder", default=None, help="zoo folder (default: the shipped zoo)")
   ap.add_argument("--pca", action="store_true", help="also the linear floor of each latent width")
   ap.add_argument("--per-scale", action="store_true",
                   help="also the unquantized mAP with each scale in turn left uncompressed")
   args = ap.parse_args(argv)
-  split = Split(args.points[0].split(":")[0], args.split)
+  split = Split(args.points[0].split(":")[0], args.split, args.root)
   print(f"{args.split} uncompressed mAP {split.mean_ap():.4f}", flush=True)
   shown = set()
   for point in args.points:
