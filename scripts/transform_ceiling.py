@@ -50,8 +50,8 @@ class Split:
   """The part-1 features of one split, and the mAP of the detector's part 2 on any map of them."""
 
   def __init__(self, model: str, split: str, root: str = ""):
-    config = zoo_config.get_config(f"models={model},split={split},anchors=false,image_anchor=false"
-                                   + (f",root={root}" if root else ""))
+    config = zoo_config.get_config(f"models={model},split={split},root={root},anchors=false,"
+                                   "image_anchor=false")
     self.det, self.det_vars = detector_eval.build_detector(config)
     self.data = pipeline.eval_data_of(config)
     part1 = jax.jit(self.det.part1)
