@@ -8,6 +8,8 @@ the decoded small-scale ones by MFCNet, so the large scales cost few or no bits.
  coded scales (e.g. p4, p5) --fuse--> x_f --hyperprior (BFCNet)--> x_f_hat --unfuse--> p4_hat, p5_hat
  p4_hat, p5_hat --MFCNet: learned upsampling of each, merge, residual blocks--> p3_pred
  optional: r = p3 - p3_pred coded by a small hyperprior ("p3_residual" stream); p3_hat = p3_pred + r_hat
+optional (`refine_scales`): e = p5 - p5_hat coded by a small hyperprior ("p5_refine" stream) and added
+  back before MFCNet runs, so a coded scale the fused latent carries poorly gets bits of its own
 ```
 
 BFCNet removes *channel* redundancy by fusing the coded scales into `fused_channels` channels at the
@@ -84,6 +86,12 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
   residual: bool = False
   residual_latent_channels: int = 32
   residual_stages: int = 2
+  # optional refinement of coded scales: what the fused latent misses, coded on its own
+  refine_scales: Sequence[str] = ()
+  refine_latent_channels: int = 64
+  refine_stages: int = 1
+  added_fields: ClassVar[tuple[str, ...]] = ("refine_scales", "refine_latent_channels",
+                                             "refine_stages")  # the zoo's keep their fingerprints
 
   @nn.nowrap
   def bfc_model(self) -> HyperpriorModel:
@@ -95,6 +103,15 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     return model_from(self, self.channels[list(self.scales).index(scale)], latent_channels=width,
                       hidden_channels=width, hyper_channels=max(8, width // 2),
                       stages=self.residual_stages, context_slices=0)
+
+  @nn.nowrap
+  def refine_model(self, scale: str) -> HyperpriorModel:
+    """The hyperprior of one refined scale's error; its output passes a zero-initialised 1x1
+    convolution (`refine_out`) before it is added, so a refinement added to a trained model starts
+    as the identity."""
+    width = self.refine_latent_channels
+    return model_from(self, self.channels[list(self.scales).index(scale)], latent_channels=width, hidden_channels=width,
+                      hyper_channels=max(8, width // 2), stages=self.refine_stages, context_slices=0)
 
   @property
   def predicted_scales(self) -> list[str]:
@@ -119,6 +136,12 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
                        for s in self.predicted_scales}
     if self.residual:
       self.residuals = {s: self.residual_model(s) for s in self.predicted_scales}
+    if any(s not in self.coded_scales for s in self.refine_scales):
+      raise errors.ConfigError(f"refine_scales {tuple(self.refine_scales)} must be coded scales "
+                               f"{tuple(self.coded_scales)}")
+    self.refiners = {s: self.refine_model(s) for s in self.refine_scales}
+    self.refine_out = {s: conv(ch[s], 1, kernel_init=nn.initializers.zeros)
+                       for s in self.refine_scales}
 
   def fuse(self, features: base.Pyramid) -> jax.Array:
     """Coded scales -> one tensor at the coarsest coded resolution (BFCNet input)."""
@@ -154,6 +177,10 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     fused_hat, bits = self.bfc(self.fuse(features), mode)
     bits = {f"bfc/{k}": v for k, v in bits.items()}
     out = self.unfuse_coded(fused_hat, coded_sizes)
+    for s in self.refine_scales:
+      e_hat, rb = self.refiners[s](features[s] - out[s], mode)
+      out[s] = out[s] + self.refine_out[s](e_hat)
+      bits.update({f"{s}_refine/{k}": v for k, v in rb.items()})
     pred = self.predict(out, pred_sizes)
     for s, p in pred.items():
       if self.residual:
@@ -168,17 +195,37 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
   @nn.nowrap
   def build_tables(self, params: Any) -> dict[str, Any]:
     t = {"bfc": self.bfc_model().build_tables(params["bfc"])}
+    for s in self.refine_scales:
+      t[f"{s}_refine"] = self.refine_model(s).build_tables(params[f"refiners_{s}"])
     if self.residual:
       for s in self.predicted_scales:
         t[f"{s}_residual"] = self.residual_model(s).build_tables(params[f"residuals_{s}"])
     return t
 
-  def reconstruct(self, fused_hat: jax.Array, coded_sizes: tuple[tuple[int, int], ...],
-                  pred_sizes: tuple[tuple[int, int], ...]) -> dict[str, jax.Array]:
-    """The decoder's coded and predicted scales from the decoded fused tensor (before residuals)."""
-    out = self.unfuse_coded(fused_hat, coded_sizes)
-    out.update(self.predict(out, pred_sizes))
-    return out
+  def refined(self, coded: dict[str, jax.Array], refinements: dict[str, jax.Array]
+              ) -> dict[str, jax.Array]:
+    """The coded scales with their decoded refinements (the refine models' outputs) added."""
+    return {s: x + self.refine_out[s](refinements[s]) if s in refinements else x
+            for s, x in coded.items()}
+
+  def reconstruct(self, coded: dict[str, jax.Array], pred_sizes: tuple[tuple[int, int], ...]
+                  ) -> dict[str, jax.Array]:
+    """The decoder's coded (refined) and predicted scales (before residuals)."""
+    return {**coded, **self.predict(coded, pred_sizes)}
+
+  @nn.nowrap
+  def refine_streams(self, params, tables, features, coded_part: base.Coded,
+                     coded: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Encoder: codes each refined scale's error against `coded` and returns the scales as the
+    decoder will have them."""
+    decoded = {}
+    for s in self.refine_scales:
+      model = self.refine_model(s)
+      y_hat = coded_part.add(f"{s}_refine", *model.encode(
+          params[f"refiners_{s}"], tables[f"{s}_refine"], np.asarray(features[s] - coded[s])))
+      decoded[s] = base.compiled(model, "synthesis", *features[s].shape[1:3])(
+          params[f"refiners_{s}"], y_hat)
+    return base.compiled(self, "refined")(params, coded, decoded)
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
@@ -189,9 +236,12 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     coded = base.Coded()
     y_hat = coded.add("bfc", *bfc.encode(params["bfc"], tables["bfc"], fused))
     coded.metadata["sizes"] = [list(x) for x in coded_sizes + pred_sizes]
-    if self.residual:
+    if self.residual or self.refine_scales:
       fused_hat = base.compiled(bfc, "synthesis", *fused.shape[1:3])(params["bfc"], y_hat)
-      recon = base.compiled(self, "reconstruct", coded_sizes, pred_sizes)(params, fused_hat)
+      scales = base.compiled(self, "unfuse_coded", coded_sizes)(params, fused_hat)
+      scales = self.refine_streams(params, tables, features, coded, scales)
+    if self.residual:
+      recon = base.compiled(self, "reconstruct", pred_sizes)(params, scales)
       for s in self.predicted_scales:
         coded.add(f"{s}_residual", *self.residual_model(s).encode(
             params[f"residuals_{s}"], tables[f"{s}_residual"], features[s] - np.asarray(recon[s])))
@@ -204,8 +254,15 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     n = len(self.coded_scales)
     fused_hat = self.bfc_model().decode(params["bfc"], tables["bfc"],
                                         *base.part("bfc", streams, shapes, metadata))
-    out = jax.tree.map(np.asarray, base.compiled(self, "reconstruct", sizes[:n], sizes[n:])(
-        params, fused_hat))
+    scales = base.compiled(self, "unfuse_coded", sizes[:n])(params, fused_hat)
+    refinements = {}
+    for s in self.refine_scales:
+      p, model = f"{s}_refine", self.refine_model(s)
+      refinements[s] = model.decode(params[f"refiners_{s}"], tables[p],
+                                    *base.part(p, streams, shapes, metadata))
+    if refinements:
+      scales = base.compiled(self, "refined")(params, scales, refinements)
+    out = jax.tree.map(np.asarray, base.compiled(self, "reconstruct", sizes[n:])(params, scales))
     if self.residual:
       for s in self.predicted_scales:
         p = f"{s}_residual"

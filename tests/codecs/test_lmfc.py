@@ -48,3 +48,31 @@ def test_single_coded_scale_predicts_two():
 def test_coded_scales_must_be_coarsest():
   with pytest.raises(errors.ConfigError, match="coarsest"):
     checks.init(LMFCCodec(**SMALL, coded_scales=("p3",)), checks.pyramid())
+
+
+def test_refined_scale_round_trips_and_starts_as_the_unrefined_codec():
+  plain, refined = LMFCCodec(**SMALL), LMFCCodec(**SMALL, refine_scales=("p5",),
+                                                 refine_latent_channels=8)
+  feats = checks.pyramid()
+  variables = checks.init(refined, feats)
+  params = variables["params"]
+  assert set(params["refine_out_p5"]["kernel"].ravel().tolist()) == {0.0}
+  shared = {k: v for k, v in params.items() if not k.startswith(("refiners_", "refine_out_"))}
+  ev = lambda codec, p: codec.apply({"params": p}, feats, False)["features_hat"]
+  for s, a in ev(plain, shared).items():  # the zero-initialised output: the identity at first
+    np.testing.assert_allclose(ev(refined, params)[s], a, atol=1e-6, err_msg=s)
+  # a trained refinement (non-zero output) changes P5 and, through MFCNet, P3, and round-trips
+  kernel = params["refine_out_p5"]["kernel"]
+  params = {**params, "refine_out_p5": {**params["refine_out_p5"],
+                                        "kernel": np.full(kernel.shape, 0.05, np.float32)}}
+  out = ev(refined, params)
+  assert not np.allclose(out["p5"], ev(plain, shared)["p5"], atol=1e-3)
+  _, tables, data, _ = checks.check_round_trip(refined, {"params": params}, feats)
+  from hssc_jax import bitstream
+  assert {"p5_refine/y", "p5_refine/z"} <= set(bitstream.unpack(data).streams)
+  checks.check_bad_input(refined, params, tables, data, feats)
+
+
+def test_refined_scales_must_be_coded():
+  with pytest.raises(errors.ConfigError, match="refine_scales"):
+    checks.init(LMFCCodec(**SMALL, refine_scales=("p3",)), checks.pyramid())
