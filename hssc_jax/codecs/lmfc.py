@@ -8,8 +8,8 @@ the decoded small-scale ones by MFCNet, so the large scales cost few or no bits.
  coded scales (e.g. p4, p5) --fuse--> x_f --hyperprior (BFCNet)--> x_f_hat --unfuse--> p4_hat, p5_hat
  p4_hat, p5_hat --MFCNet: learned upsampling of each, merge, residual blocks--> p3_pred
  optional: r = p3 - p3_pred coded by a small hyperprior ("p3_residual" stream); p3_hat = p3_pred + r_hat
-optional (`refine_scales`): e = p5 - p5_hat coded by a small hyperprior ("p5_refine" stream) and added
-  back before MFCNet runs, so a coded scale the fused latent carries poorly gets bits of its own
+ optional (`refine_scales`): e = p5 - p5_hat coded by a small hyperprior ("p5_refine" stream),
+   added back before MFCNet runs, so a scale the fused latent carries poorly gets bits of its own
 ```
 
 BFCNet removes *channel* redundancy by fusing the coded scales into `fused_channels` channels at the
@@ -110,8 +110,9 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     convolution (`refine_out`) before it is added, so a refinement added to a trained model starts
     as the identity."""
     width = self.refine_latent_channels
-    return model_from(self, self.channels[list(self.scales).index(scale)], latent_channels=width, hidden_channels=width,
-                      hyper_channels=max(8, width // 2), stages=self.refine_stages, context_slices=0)
+    return model_from(self, self.channels[list(self.scales).index(scale)], latent_channels=width,
+                      hidden_channels=width, hyper_channels=max(8, width // 2),
+                      stages=self.refine_stages, context_slices=0)
 
   @property
   def predicted_scales(self) -> list[str]:
