@@ -98,21 +98,22 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     return model_from(self, self.fused_channels)
 
   @nn.nowrap
-  def residual_model(self, scale: str) -> HyperpriorModel:
-    width = self.residual_latent_channels
+  def small_model(self, scale: str, width: int, stages: int) -> HyperpriorModel:
+    """A hyperprior `width` channels wide over one scale's channels (residuals, refinements)."""
     return model_from(self, self.channels[list(self.scales).index(scale)], latent_channels=width,
-                      hidden_channels=width, hyper_channels=max(8, width // 2),
-                      stages=self.residual_stages, context_slices=0)
+                      hidden_channels=width, hyper_channels=max(8, width // 2), stages=stages,
+                      context_slices=0)
+
+  @nn.nowrap
+  def residual_model(self, scale: str) -> HyperpriorModel:
+    return self.small_model(scale, self.residual_latent_channels, self.residual_stages)
 
   @nn.nowrap
   def refine_model(self, scale: str) -> HyperpriorModel:
     """The hyperprior of one refined scale's error; its output passes a zero-initialised 1x1
     convolution (`refine_out`) before it is added, so a refinement added to a trained model starts
     as the identity."""
-    width = self.refine_latent_channels
-    return model_from(self, self.channels[list(self.scales).index(scale)], latent_channels=width,
-                      hidden_channels=width, hyper_channels=max(8, width // 2),
-                      stages=self.refine_stages, context_slices=0)
+    return self.small_model(scale, self.refine_latent_channels, self.refine_stages)
 
   @property
   def predicted_scales(self) -> list[str]:
@@ -178,10 +179,11 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     fused_hat, bits = self.bfc(self.fuse(features), mode)
     bits = {f"bfc/{k}": v for k, v in bits.items()}
     out = self.unfuse_coded(fused_hat, coded_sizes)
+    refinements = {}
     for s in self.refine_scales:
-      e_hat, rb = self.refiners[s](features[s] - out[s], mode)
-      out[s] = out[s] + self.refine_out[s](e_hat)
+      refinements[s], rb = self.refiners[s](features[s] - out[s], mode)
       bits.update({f"{s}_refine/{k}": v for k, v in rb.items()})
+    out = self.refined(out, refinements)
     pred = self.predict(out, pred_sizes)
     for s, p in pred.items():
       if self.residual:
@@ -217,8 +219,8 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
   @nn.nowrap
   def refine_streams(self, params, tables, features, coded_part: base.Coded,
                      coded: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Encoder: codes each refined scale's error against `coded` and returns the scales as the
-    decoder will have them."""
+    """Encoder: codes each refined scale's error against `coded`; returns the decoded refinements
+    (the refine models' outputs) the decoder will have."""
     decoded = {}
     for s in self.refine_scales:
       model = self.refine_model(s)
@@ -226,7 +228,7 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
           params[f"refiners_{s}"], tables[f"{s}_refine"], np.asarray(features[s] - coded[s])))
       decoded[s] = base.compiled(model, "synthesis", *features[s].shape[1:3])(
           params[f"refiners_{s}"], y_hat)
-    return base.compiled(self, "refined")(params, coded, decoded)
+    return decoded
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
@@ -240,7 +242,9 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     if self.residual or self.refine_scales:
       fused_hat = base.compiled(bfc, "synthesis", *fused.shape[1:3])(params["bfc"], y_hat)
       scales = base.compiled(self, "unfuse_coded", coded_sizes)(params, fused_hat)
-      scales = self.refine_streams(params, tables, features, coded, scales)
+      refinements = self.refine_streams(params, tables, features, coded, scales)
+      if refinements:
+        scales = base.compiled(self, "refined")(params, scales, refinements)
     if self.residual:
       recon = base.compiled(self, "reconstruct", pred_sizes)(params, scales)
       for s in self.predicted_scales:
