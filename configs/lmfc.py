@@ -13,16 +13,17 @@ The residual is on by default: the pure prediction caps P3's error whatever the 
 
 The refinement (`refine`) codes what the fused latent misses of P5 with a hyperprior of its own
 (`refine_scales`): on pseudo-labelled Kodak the zoo's L-MFC with P5 left uncompressed reaches
-0.89-0.92 mAP where its fused latent gives 0.48 (README, Kodak).
+0.89-0.92 mAP where its fused latent gives 0.48 (README, Kodak). `refine_from` = q codes it only
+from quality q up, so the low qualities cost what they did without it.
 
-Arguments: smoke, residual, coded (how many coarse scales BFCNet codes: 1 or 2), refine, lmbda,
-steps, task.
+Arguments: smoke, residual, coded (how many coarse scales BFCNet codes: 1 or 2), refine,
+refine_from, lmbda, steps, task.
 """
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, residual=True, coded=2, refine=False, lmbda=0.0, steps=100_000,
-                task=common.TASK_WEIGHT)
+DEFAULTS = dict(smoke=False, residual=True, coded=2, refine=False, refine_from=0, lmbda=0.0,
+                steps=100_000, task=common.TASK_WEIGHT)
 
 
 def get_config(arg=None):
@@ -33,7 +34,8 @@ def get_config(arg=None):
                 predictor_blocks=3, residual=arg.residual, residual_latent_channels=32,
                 train_quantization="noise")
   if arg.refine:
-    kwargs.update(refine_scales=("p5",), refine_latent_channels=64, refine_stages=1)
+    kwargs.update(refine_scales=("p5",), refine_latent_channels=64, refine_stages=1,
+                  refine_from=arg.refine_from)
   if arg.smoke:
     kwargs.update(fused_channels=8, latent_channels=8, hidden_channels=8, hyper_channels=8,
                   predictor_hidden=8, predictor_blocks=1, residual_latent_channels=4,

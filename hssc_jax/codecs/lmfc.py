@@ -9,7 +9,8 @@ the decoded small-scale ones by MFCNet, so the large scales cost few or no bits.
  p4_hat, p5_hat --MFCNet: learned upsampling of each, merge, residual blocks--> p3_pred
  optional: r = p3 - p3_pred coded by a small hyperprior ("p3_residual" stream); p3_hat = p3_pred + r_hat
  optional (`refine_scales`): e = p5 - p5_hat coded by a small hyperprior ("p5_refine" stream),
-   added back before MFCNet runs, so a scale the fused latent carries poorly gets bits of its own
+   added back before MFCNet runs, so a scale the fused latent carries poorly gets bits of its own;
+   a variable-rate model codes it from quality `refine_from` up (the low qualities cost no more)
 ```
 
 BFCNet removes *channel* redundancy by fusing the coded scales into `fused_channels` channels at the
@@ -90,8 +91,9 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
   refine_scales: Sequence[str] = ()
   refine_latent_channels: int = 64
   refine_stages: int = 1
+  refine_from: int = 0  # the lowest quality that codes the refinements (below: none, in training too)
   added_fields: ClassVar[tuple[str, ...]] = ("refine_scales", "refine_latent_channels",
-                                             "refine_stages")  # the zoo's keep their fingerprints
+                                             "refine_stages", "refine_from")  # zoo fingerprints kept
 
   @nn.nowrap
   def bfc_model(self) -> HyperpriorModel:
@@ -114,6 +116,11 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     convolution (`refine_out`) before it is added, so a refinement added to a trained model starts
     as the identity."""
     return self.small_model(scale, self.refine_latent_channels, self.refine_stages)
+
+  @property
+  def coded_refine_scales(self) -> tuple[str, ...]:
+    """Host: the refined scales whose streams this model's (static) quality codes."""
+    return tuple(self.refine_scales) if int(self.quality) >= self.refine_from else ()
 
   @property
   def predicted_scales(self) -> list[str]:
@@ -141,6 +148,9 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     if any(s not in self.coded_scales for s in self.refine_scales):
       raise errors.ConfigError(f"refine_scales {tuple(self.refine_scales)} must be coded scales "
                                f"{tuple(self.coded_scales)}")
+    if self.refine_from and not 0 < self.refine_from < self.qualities:
+      raise errors.ConfigError(f"refine_from {self.refine_from} must be 0 or a quality in 1.."
+                               f"{self.qualities - 1} (qualities={self.qualities})")
     self.refiners = {s: self.refine_model(s) for s in self.refine_scales}
     self.refine_out = {s: conv(ch[s], 1, kernel_init=nn.initializers.zeros)
                        for s in self.refine_scales}
@@ -180,9 +190,12 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     bits = {f"bfc/{k}": v for k, v in bits.items()}
     out = self.unfuse_coded(fused_hat, coded_sizes)
     refinements = {}
+    # below quality `refine_from` the refinement is neither added nor paid for (quality may be traced)
+    on = (jnp.asarray(self.quality) >= self.refine_from).astype(jnp.float32)
     for s in self.refine_scales:
-      refinements[s], rb = self.refiners[s](features[s] - out[s], mode)
-      bits.update({f"{s}_refine/{k}": v for k, v in rb.items()})
+      r_hat, rb = self.refiners[s](features[s] - out[s], mode)
+      refinements[s] = r_hat * on if self.refine_from else r_hat
+      bits.update({f"{s}_refine/{k}": v * on if self.refine_from else v for k, v in rb.items()})
     out = self.refined(out, refinements)
     pred = self.predict(out, pred_sizes)
     for s, p in pred.items():
@@ -222,7 +235,7 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     """Encoder: codes each refined scale's error against `coded`; returns the decoded refinements
     (the refine models' outputs) the decoder will have."""
     decoded = {}
-    for s in self.refine_scales:
+    for s in self.coded_refine_scales:
       model = self.refine_model(s)
       y_hat = coded_part.add(f"{s}_refine", *model.encode(
           params[f"refiners_{s}"], tables[f"{s}_refine"], np.asarray(features[s] - coded[s])))
@@ -239,7 +252,7 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     coded = base.Coded()
     y_hat = coded.add("bfc", *bfc.encode(params["bfc"], tables["bfc"], fused))
     coded.metadata["sizes"] = [list(x) for x in coded_sizes + pred_sizes]
-    if self.residual or self.refine_scales:
+    if self.residual or self.coded_refine_scales:
       fused_hat = base.compiled(bfc, "synthesis", *fused.shape[1:3])(params["bfc"], y_hat)
       scales = base.compiled(self, "unfuse_coded", coded_sizes)(params, fused_hat)
       refinements = self.refine_streams(params, tables, features, coded, scales)
@@ -261,7 +274,7 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
                                         *base.part("bfc", streams, shapes, metadata))
     scales = base.compiled(self, "unfuse_coded", sizes[:n])(params, fused_hat)
     refinements = {}
-    for s in self.refine_scales:
+    for s in self.coded_refine_scales:
       p, model = f"{s}_refine", self.refine_model(s)
       refinements[s] = model.decode(params[f"refiners_{s}"], tables[p],
                                     *base.part(p, streams, shapes, metadata))

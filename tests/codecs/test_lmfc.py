@@ -1,6 +1,7 @@
 import importlib.util
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,3 +77,32 @@ def test_refined_scale_round_trips_and_starts_as_the_unrefined_codec():
 def test_refined_scales_must_be_coded():
   with pytest.raises(errors.ConfigError, match="refine_scales"):
     checks.init(LMFCCodec(**SMALL, refine_scales=("p3",)), checks.pyramid())
+
+
+def test_refinement_from_a_quality_up_costs_nothing_below_it():
+  refined = LMFCCodec(**SMALL, qualities=2, refine_scales=("p5",), refine_latent_channels=8,
+                      refine_from=1)
+  feats = checks.pyramid()
+  params = checks.init(refined, feats)["params"]
+  kernel = params["refine_out_p5"]["kernel"]
+  params = {**params, "refine_out_p5": {**params["refine_out_p5"],
+                                        "kernel": np.full(kernel.shape, 0.05, np.float32)}}
+  plain = LMFCCodec(**SMALL, qualities=2)
+  shared = {k: v for k, v in params.items() if not k.startswith(("refiners_", "refine_out_"))}
+  from hssc_jax import bitstream
+  # the quality is traced in training: below refine_from no refinement and no refinement bits
+  run = jax.jit(lambda codec, p, q: codec.clone(quality=q).apply({"params": p}, feats, True,
+                                                                 rngs={"noise": jax.random.key(0)}),
+                static_argnums=0)
+  for q in (0, 1):
+    out, ref = run(refined, params, q), run(plain, shared, q)
+    refine_bits = [float(np.sum(v)) for k, v in out["bits"].items() if k.startswith("p5_refine/")]
+    assert refine_bits and (max(refine_bits) == 0.0) == (q == 0), q
+    assert np.allclose(out["features_hat"]["p5"], ref["features_hat"]["p5"], atol=1e-6) == (q == 0)
+  for q in (0, 1):  # and at test time no refinement streams below it
+    codec = refined.clone(quality=q)
+    _, _, data, _ = checks.check_round_trip(codec, {"params": params}, feats)
+    assert any(k.startswith("p5_refine/") for k in bitstream.unpack(data).streams) == (q == 1), q
+  for bad in (2, -1):
+    with pytest.raises(errors.ConfigError, match="refine_from"):
+      checks.init(refined.clone(refine_from=bad), feats)
