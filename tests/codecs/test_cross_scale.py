@@ -142,10 +142,12 @@ def test_bad_scale_orders_are_config_errors(kw, match):
     checks.init(codec, feats)
 
 
-@pytest.mark.parametrize("module,arg,codec_name", [("base", "cross", "cross_scale"),
-                                                   ("base", "cross,coarse", "cross_scale"),
-                                                   ("mfiba", "cross", "mfiba_cross")],
-                         ids=["base", "base_coarse_to_fine", "mfiba"])
+# MFIBA's config trains the cross-scale codec and adds calibration and allocation, so it stays in
+# the fast suite; the base configs (about 100 s each on 2 cores) run with the slow tests.
+@pytest.mark.parametrize("module,arg,codec_name", [
+    pytest.param("base", "cross", "cross_scale", marks=pytest.mark.slow),
+    pytest.param("base", "cross,coarse", "cross_scale", marks=pytest.mark.slow),
+    ("mfiba", "cross", "mfiba_cross")], ids=["base", "base_coarse_to_fine", "mfiba"])
 def test_the_cross_configs_train_with_the_recipe_and_code(module, arg, codec_name, tmp_path):
   """`configs/<module>.py:cross` through the training loop (variable rate, a quality drawn per step,
   straight-through last step; MFIBA's post-training calibration), then a real bitstream from the
