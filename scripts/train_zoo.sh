@@ -19,7 +19,10 @@ mkdir -p "$RUNS"
 train_one() {
   m=$1
   args="steps=$STEPS"
-  case $m in base|mfiba) args="cross,$args";; esac  # the zoo's base and MFIBA are cross-scale
+  case $m in
+    base|mfiba) args="cross,$args";;  # the zoo's base and MFIBA are cross-scale
+    lmfc) args="refine,refine_from=2,$args";;  # its P5 refinement from quality 2 up (stop 62)
+  esac
   "$PY" train.py --config "configs/$m.py:$args" --workdir "$RUNS/$m" \
     --config.data.cache_dir="$RUNS/feature_cache" --config.progress=False >> "$RUNS/$m.log" 2>&1
   "$PY" -c "from hssc_jax import zoo; print(zoo.export('$RUNS/$m', '$m'))" >> "$RUNS/$m.log" 2>&1
