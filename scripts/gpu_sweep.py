@@ -66,9 +66,9 @@ IMAGES = "images.npz"
 DETECTOR = "detector.msgpack"
 METHODS = ("base", "lmfc", "hssc", "hsc", "mfiba", "hssc_paper")  # warm sources come first
 # Config (module, argument) of each method where it is not (name, ""): the zoo's base and MFIBA are
-# cross-scale, its L-MFC refines P5 from quality 2 up; the per-scale forms and the base codec's untried-at-length arms (coded coarse to
-# fine; residual blocks on P4's and P5's latent grid; docs/zoo_history.md, stop 47) are
-# candidates, packed but trained only when named (VARIANTS).
+# cross-scale, its L-MFC refines P5 from quality 2 up; the per-scale forms and the base codec's
+# untried-at-length arms (coded coarse to fine; residual blocks on P4's and P5's latent grid;
+# docs/zoo_history.md, stop 47) are candidates, packed but trained only when named (VARIANTS).
 CONFIGS = {"base": ("base", "cross"), "mfiba": ("mfiba", "cross"),
            "lmfc": ("lmfc", "refine,refine_from=2"),
            "base_per_scale": ("base", ""), "mfiba_per_scale": ("mfiba", ""),

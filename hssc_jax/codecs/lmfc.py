@@ -91,9 +91,9 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
   refine_scales: Sequence[str] = ()
   refine_latent_channels: int = 64
   refine_stages: int = 1
-  refine_from: int = 0  # the lowest quality that codes the refinements (below: none, in training too)
-  added_fields: ClassVar[tuple[str, ...]] = ("refine_scales", "refine_latent_channels",
-                                             "refine_stages", "refine_from")  # zoo fingerprints kept
+  refine_from: int = 0  # the lowest quality coding the refinements (below: none, in training too)
+  added_fields: ClassVar[tuple[str, ...]] = (  # older zoo models keep their fingerprints
+      "refine_scales", "refine_latent_channels", "refine_stages", "refine_from")
 
   @nn.nowrap
   def bfc_model(self) -> HyperpriorModel:
@@ -190,7 +190,7 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     bits = {f"bfc/{k}": v for k, v in bits.items()}
     out = self.unfuse_coded(fused_hat, coded_sizes)
     refinements = {}
-    # below quality `refine_from` the refinement is neither added nor paid for (quality may be traced)
+    # below quality `refine_from` the refinement is neither added nor paid for (quality: traced)
     on = (jnp.asarray(self.quality) >= self.refine_from).astype(jnp.float32)
     for s in self.refine_scales:
       r_hat, rb = self.refiners[s](features[s] - out[s], mode)

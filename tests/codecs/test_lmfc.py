@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from hssc_jax import errors
+from hssc_jax import bitstream, errors
 from hssc_jax.codecs.lmfc import LMFCCodec
 
 _spec = importlib.util.spec_from_file_location("codec_checks", Path(__file__).with_name("codec_checks.py"))
@@ -34,7 +34,6 @@ def test_large_scale_costs_no_bits_without_residual():
   feats = checks.pyramid()
   variables = checks.init(codec, feats)
   tables = codec.build_tables(variables["params"])
-  from hssc_jax import bitstream
   c = bitstream.unpack(codec.compress(variables["params"], tables, feats, (320, 320)))
   assert set(c.streams) == {"bfc/y", "bfc/z"}
 
@@ -69,7 +68,6 @@ def test_refined_scale_round_trips_and_starts_as_the_unrefined_codec():
   out = ev(refined, params)
   assert not np.allclose(out["p5"], ev(plain, shared)["p5"], atol=1e-3)
   _, tables, data, _ = checks.check_round_trip(refined, {"params": params}, feats)
-  from hssc_jax import bitstream
   assert {"p5_refine/y", "p5_refine/z"} <= set(bitstream.unpack(data).streams)
   checks.check_bad_input(refined, params, tables, data, feats)
 
@@ -89,7 +87,6 @@ def test_refinement_from_a_quality_up_costs_nothing_below_it():
                                         "kernel": np.full(kernel.shape, 0.05, np.float32)}}
   plain = LMFCCodec(**SMALL, qualities=2)
   shared = {k: v for k, v in params.items() if not k.startswith(("refiners_", "refine_out_"))}
-  from hssc_jax import bitstream
   # the quality is traced in training: below refine_from no refinement and no refinement bits
   run = jax.jit(lambda codec, p, q: codec.clone(quality=q).apply({"params": p}, feats, True,
                                                                  rngs={"noise": jax.random.key(0)}),
