@@ -192,10 +192,10 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     refinements = {}
     # below quality `refine_from` the refinement is neither added nor paid for (quality: traced)
     on = (jnp.asarray(self.quality) >= self.refine_from).astype(jnp.float32)
-    for s in self.refine_scales:
+    for s in self.refine_scales:  # (on = 1.0 from refine_from up: the product is exact)
       r_hat, rb = self.refiners[s](features[s] - out[s], mode)
-      refinements[s] = r_hat * on if self.refine_from else r_hat
-      bits.update({f"{s}_refine/{k}": v * on if self.refine_from else v for k, v in rb.items()})
+      refinements[s] = r_hat * on
+      bits.update({f"{s}_refine/{k}": v * on for k, v in rb.items()})
     out = self.refined(out, refinements)
     pred = self.predict(out, pred_sizes)
     for s, p in pred.items():

@@ -104,3 +104,10 @@ def test_refinement_from_a_quality_up_costs_nothing_below_it():
   for bad in (2, -1):
     with pytest.raises(errors.ConfigError, match="refine_from"):
       checks.init(refined.clone(refine_from=bad), feats)
+
+
+def test_refine_from_needs_refine_in_the_config():
+  from configs import lmfc as lmfc_config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="needs refine"):
+    lmfc_config.get_config("smoke,refine_from=2")
+  assert lmfc_config.get_config("smoke,refine,refine_from=2").codec.kwargs.refine_from == 2
