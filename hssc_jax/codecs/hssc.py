@@ -52,6 +52,7 @@ import numpy as np
 from hssc_jax import errors
 from hssc_jax.codecs import base
 from hssc_jax.codecs.hyperprior import CoderOptions, HyperpriorModel, model_from
+from hssc_jax.codecs.refinement import Refinement
 from hssc_jax.layers import ResidualBlock, conv, deconv, resize_to
 
 
@@ -185,9 +186,11 @@ class AdaptiveEnhancement(nn.Module):
     return h + a * m * conv(self.features, 3)(z)                                      # (R4)
 
 
-class HSSCCodec(base.FeatureCodec, CoderOptions):
+class HSSCCodec(base.FeatureCodec, CoderOptions, Refinement):
   """SFTNet (semantic-guided cascaded fusion + adaptive reconstruction) around a hyperprior coder
-  of the compact representation (see module doc). Streams: "compact/y", "compact/z".
+  of the compact representation (see module doc). Streams: "compact/y", "compact/z", and
+  "<scale>_refine/y|z" for the `refine_scales` (`Refinement`: what the compact representation
+  misses of a rebuilt scale, coded on its own and added to it; not a step of the paper).
 
   Attributes beyond scales/channels:
     compact_scale: the scale whose grid holds the compact representation ("": the coarsest).
@@ -216,6 +219,7 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
   attention_channels: int = 32
   attention_pool: int = 2
   reduction: int = 4
+  added_fields: ClassVar[tuple[str, ...]] = Refinement.REFINE_FIELDS  # older models' fingerprints
 
   @nn.nowrap
   def coder_model(self) -> HyperpriorModel:
@@ -277,6 +281,7 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
     if self.adaptive_reconstruction:
       self.enhance = {s: AdaptiveEnhancement(w[s], self.reduction) for s in self.scales}
     self.heads = {s: conv(c, 3) for s, c in zip(self.scales, self.channels)}
+    self.setup_refinements(self.scales)
 
   def _cascade(self, chain: Sequence[str], features: base.Pyramid) -> jax.Array:
     r = None
@@ -314,8 +319,9 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
     mode = self.train_quantization if training else "round"
     sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
     compact_hat, bits = self.coder(self.fuse(features), mode)
-    return {"features_hat": self.rebuild(compact_hat, sizes),
-            "bits": {f"compact/{k}": v for k, v in bits.items()}}
+    bits = {f"compact/{k}": v for k, v in bits.items()}
+    out, refine_bits = self.add_refinements(features, self.rebuild(compact_hat, sizes), mode)
+    return {"features_hat": out, "bits": {**bits, **refine_bits}}
 
   # ---- host side -------------------------------------------------------------------------------
 
@@ -356,14 +362,20 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
 
   @nn.nowrap
   def build_tables(self, params: Any) -> dict[str, Any]:
-    return {"compact": self.coder_model().build_tables(params["coder"])}
+    return {"compact": self.coder_model().build_tables(params["coder"]),
+            **self.refine_tables(params)}
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
     c = np.asarray(base.compiled(self, "fuse")(params, features))
-    coded = base.Coded()
-    coded.add("compact", *self.coder_model().encode(params["coder"], tables["compact"], c))
+    coder, coded = self.coder_model(), base.Coded()
+    y_hat = coded.add("compact", *coder.encode(params["coder"], tables["compact"], c))
     coded.metadata["sizes"] = [list(features[s].shape[1:3]) for s in self.scales]
+    if self.coded_refine_scales:  # the refinements code the error of what the decoder rebuilds
+      c_hat = base.compiled(coder, "synthesis", *c.shape[1:3])(params["coder"], y_hat)
+      sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
+      rebuilt = base.compiled(self, "rebuild", sizes)(params, c_hat)
+      self.refine_streams(params, tables, features, coded, rebuilt)
     return coded.astuple()
 
   @nn.nowrap
@@ -372,4 +384,7 @@ class HSSCCodec(base.FeatureCodec, CoderOptions):
     sizes = self.coded_sizes(metadata)
     c_hat = self.coder_model().decode(params["coder"], tables["compact"],
                                       *base.part("compact", streams, shapes, metadata))
-    return jax.tree.map(np.asarray, base.compiled(self, "rebuild", sizes)(params, c_hat))
+    out = base.compiled(self, "rebuild", sizes)(params, c_hat)
+    out = self.with_refinements(
+        params, out, self.decode_refinements(params, tables, streams, shapes, metadata))
+    return jax.tree.map(np.asarray, out)

@@ -32,6 +32,7 @@ import numpy as np
 from hssc_jax import errors
 from hssc_jax.codecs import base
 from hssc_jax.codecs.hyperprior import CoderOptions, HyperpriorModel, model_from
+from hssc_jax.codecs.refinement import Refinement
 from hssc_jax.layers import ResidualBlock, conv, deconv, resize_to
 
 
@@ -70,11 +71,12 @@ class Downsample(nn.Module):
     return x
 
 
-class LMFCCodec(base.FeatureCodec, CoderOptions):
+class LMFCCodec(base.FeatureCodec, CoderOptions, Refinement):
   """BFCNet on `coded_scales`, MFCNet prediction for the others (see module doc).
 
   Streams: "bfc/y", "bfc/z", and "<scale>_residual/y|z" for predicted scales when `residual`.
-  The `CoderOptions` fields shape BFCNet's hyperprior over the fused representation.
+  The `CoderOptions` fields shape BFCNet's hyperprior over the fused representation; the
+  `Refinement` fields refine coded scales before MFCNet predicts from them ("<scale>_refine/y|z").
   """
 
   codec_id: ClassVar[str] = "lmfc"
@@ -87,40 +89,15 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
   residual: bool = False
   residual_latent_channels: int = 32
   residual_stages: int = 2
-  # optional refinement of coded scales: what the fused latent misses, coded on its own
-  refine_scales: Sequence[str] = ()
-  refine_latent_channels: int = 64
-  refine_stages: int = 1
-  refine_from: int = 0  # the lowest quality coding the refinements (below: none, in training too)
-  added_fields: ClassVar[tuple[str, ...]] = (  # older zoo models keep their fingerprints
-      "refine_scales", "refine_latent_channels", "refine_stages", "refine_from")
+  added_fields: ClassVar[tuple[str, ...]] = Refinement.REFINE_FIELDS  # older models' fingerprints
 
   @nn.nowrap
   def bfc_model(self) -> HyperpriorModel:
     return model_from(self, self.fused_channels)
 
   @nn.nowrap
-  def small_model(self, scale: str, width: int, stages: int) -> HyperpriorModel:
-    """A hyperprior `width` channels wide over one scale's channels (residuals, refinements)."""
-    return model_from(self, self.channels[list(self.scales).index(scale)], latent_channels=width,
-                      hidden_channels=width, hyper_channels=max(8, width // 2), stages=stages,
-                      context_slices=0)
-
-  @nn.nowrap
   def residual_model(self, scale: str) -> HyperpriorModel:
     return self.small_model(scale, self.residual_latent_channels, self.residual_stages)
-
-  @nn.nowrap
-  def refine_model(self, scale: str) -> HyperpriorModel:
-    """The hyperprior of one refined scale's error; its output passes a zero-initialised 1x1
-    convolution (`refine_out`) before it is added, so a refinement added to a trained model starts
-    as the identity."""
-    return self.small_model(scale, self.refine_latent_channels, self.refine_stages)
-
-  @property
-  def coded_refine_scales(self) -> tuple[str, ...]:
-    """Host: the refined scales whose streams this model's (static) quality codes."""
-    return tuple(self.refine_scales) if int(self.quality) >= self.refine_from else ()
 
   @property
   def predicted_scales(self) -> list[str]:
@@ -145,15 +122,7 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
                        for s in self.predicted_scales}
     if self.residual:
       self.residuals = {s: self.residual_model(s) for s in self.predicted_scales}
-    if any(s not in self.coded_scales for s in self.refine_scales):
-      raise errors.ConfigError(f"refine_scales {tuple(self.refine_scales)} must be coded scales "
-                               f"{tuple(self.coded_scales)}")
-    if self.refine_from and not 0 < self.refine_from < self.qualities:
-      raise errors.ConfigError(f"refine_from {self.refine_from} must be 0 or a quality in 1.."
-                               f"{self.qualities - 1} (qualities={self.qualities})")
-    self.refiners = {s: self.refine_model(s) for s in self.refine_scales}
-    self.refine_out = {s: conv(ch[s], 1, kernel_init=nn.initializers.zeros)
-                       for s in self.refine_scales}
+    self.setup_refinements(self.coded_scales)
 
   def fuse(self, features: base.Pyramid) -> jax.Array:
     """Coded scales -> one tensor at the coarsest coded resolution (BFCNet input)."""
@@ -189,14 +158,8 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     fused_hat, bits = self.bfc(self.fuse(features), mode)
     bits = {f"bfc/{k}": v for k, v in bits.items()}
     out = self.unfuse_coded(fused_hat, coded_sizes)
-    refinements = {}
-    # below quality `refine_from` the refinement is neither added nor paid for (quality: traced)
-    on = (jnp.asarray(self.quality) >= self.refine_from).astype(jnp.float32)
-    for s in self.refine_scales:  # (on = 1.0 from refine_from up: the product is exact)
-      r_hat, rb = self.refiners[s](features[s] - out[s], mode)
-      refinements[s] = r_hat * on
-      bits.update({f"{s}_refine/{k}": v * on for k, v in rb.items()})
-    out = self.refined(out, refinements)
+    out, refine_bits = self.add_refinements(features, out, mode)
+    bits.update(refine_bits)
     pred = self.predict(out, pred_sizes)
     for s, p in pred.items():
       if self.residual:
@@ -211,37 +174,16 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
   @nn.nowrap
   def build_tables(self, params: Any) -> dict[str, Any]:
     t = {"bfc": self.bfc_model().build_tables(params["bfc"])}
-    for s in self.refine_scales:
-      t[f"{s}_refine"] = self.refine_model(s).build_tables(params[f"refiners_{s}"])
+    t.update(self.refine_tables(params))
     if self.residual:
       for s in self.predicted_scales:
         t[f"{s}_residual"] = self.residual_model(s).build_tables(params[f"residuals_{s}"])
     return t
 
-  def refined(self, coded: dict[str, jax.Array], refinements: dict[str, jax.Array]
-              ) -> dict[str, jax.Array]:
-    """The coded scales with their decoded refinements (the refine models' outputs) added."""
-    return {s: x + self.refine_out[s](refinements[s]) if s in refinements else x
-            for s, x in coded.items()}
-
   def reconstruct(self, coded: dict[str, jax.Array], pred_sizes: tuple[tuple[int, int], ...]
                   ) -> dict[str, jax.Array]:
     """The decoder's coded (refined) and predicted scales (before residuals)."""
     return {**coded, **self.predict(coded, pred_sizes)}
-
-  @nn.nowrap
-  def refine_streams(self, params, tables, features, coded_part: base.Coded,
-                     coded: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Encoder: codes each refined scale's error against `coded`; returns the decoded refinements
-    (the refine models' outputs) the decoder will have."""
-    decoded = {}
-    for s in self.coded_refine_scales:
-      model = self.refine_model(s)
-      y_hat = coded_part.add(f"{s}_refine", *model.encode(
-          params[f"refiners_{s}"], tables[f"{s}_refine"], np.asarray(features[s] - coded[s])))
-      decoded[s] = base.compiled(model, "synthesis", *features[s].shape[1:3])(
-          params[f"refiners_{s}"], y_hat)
-    return decoded
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
@@ -255,9 +197,8 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     if self.residual or self.coded_refine_scales:
       fused_hat = base.compiled(bfc, "synthesis", *fused.shape[1:3])(params["bfc"], y_hat)
       scales = base.compiled(self, "unfuse_coded", coded_sizes)(params, fused_hat)
-      refinements = self.refine_streams(params, tables, features, coded, scales)
-      if refinements:
-        scales = base.compiled(self, "refined")(params, scales, refinements)
+      scales = self.with_refinements(
+          params, scales, self.refine_streams(params, tables, features, coded, scales))
     if self.residual:
       recon = base.compiled(self, "reconstruct", pred_sizes)(params, scales)
       for s in self.predicted_scales:
@@ -273,13 +214,8 @@ class LMFCCodec(base.FeatureCodec, CoderOptions):
     fused_hat = self.bfc_model().decode(params["bfc"], tables["bfc"],
                                         *base.part("bfc", streams, shapes, metadata))
     scales = base.compiled(self, "unfuse_coded", sizes[:n])(params, fused_hat)
-    refinements = {}
-    for s in self.coded_refine_scales:
-      p, model = f"{s}_refine", self.refine_model(s)
-      refinements[s] = model.decode(params[f"refiners_{s}"], tables[p],
-                                    *base.part(p, streams, shapes, metadata))
-    if refinements:
-      scales = base.compiled(self, "refined")(params, scales, refinements)
+    scales = self.with_refinements(
+        params, scales, self.decode_refinements(params, tables, streams, shapes, metadata))
     out = jax.tree.map(np.asarray, base.compiled(self, "reconstruct", sizes[n:])(params, scales))
     if self.residual:
       for s in self.predicted_scales:
