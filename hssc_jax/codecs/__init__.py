@@ -11,6 +11,7 @@ Learned codecs, one file per paper (Flax modules; `registry.build_codec` builds 
   hsc          HSCCodec: HSC (Li et al., 2025)
   mfiba        MFIBACodec: MFIBA (Liu et al., 2025)
   mfiba_cross  CrossScaleMFIBACodec: MFIBA on the cross-scale base codec
+  refinement   Refinement: a decoded scale's error coded on its own (L-MFC, HSSC; not a paper's)
 
 Anchors and their parts (host-side numpy; no jit):
   inner        HEVC (libx265), AV1 (SVT-AV1), VVC (vvenc/vvdec): frame <-> elementary stream

@@ -204,6 +204,8 @@ class HSSCCodec(base.FeatureCodec, CoderOptions, Refinement):
     spatial_attention: spatial self-/cross-attention in (F1)/(F5) (channel attention stays).
     attention_channels, attention_pool, reduction: attention sizes (query/key width, key/value
       pooling, squeeze-excitation reduction).
+    refine_scales, refine_latent_channels, refine_stages, refine_from: `Refinement` (not in the
+      paper; none by default).
   """
 
   codec_id: ClassVar[str] = "hssc"

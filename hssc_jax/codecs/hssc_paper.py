@@ -115,6 +115,8 @@ class HSSCPaperCodec(HSSCCodec):
   @nn.nowrap
   def _check_config(self) -> None:
     super()._check_config()
+    if self.refine_scales:  # its streams are the inner codec's frame; a refinement is never coded
+      raise errors.ConfigError("hssc_paper codes no refinement streams: refine_scales must be ()")
     if not self.qps or (self.qualities and len(self.qps) != self.qualities):
       raise errors.ConfigError(f"hssc_paper needs one QP per quality: {len(self.qps)} qps for "
                                f"{self.qualities} qualities")

@@ -147,7 +147,8 @@ def test_bad_configs_are_refused(model):
            dict(inner="nonexistent"),
            dict(reorder="sideways"),
            dict(permutation=(0,) * 32, compact_range=(0.0, 1.0)),  # not a permutation
-           dict(compact_range=(1.0, 0.0), permutation=tuple(consts["permutation"]))]
+           dict(compact_range=(1.0, 0.0), permutation=tuple(consts["permutation"])),
+           dict(refine_scales=("p5",))]                          # HSSC's refinement: never coded
   for kw in cases:
     with pytest.raises(errors.ConfigError):
       checks.init(build(**kw), feats)
