@@ -66,11 +66,12 @@ IMAGES = "images.npz"
 DETECTOR = "detector.msgpack"
 METHODS = ("base", "lmfc", "hssc", "hsc", "mfiba", "hssc_paper")  # warm sources come first
 # Config (module, argument) of each method where it is not (name, ""): the zoo's base and MFIBA are
-# cross-scale, its L-MFC refines P5 from quality 2 up; the per-scale forms and the base codec's
-# untried-at-length arms (coded coarse to fine; residual blocks on P4's and P5's latent grid;
-# docs/zoo_history.md, stop 47) are candidates, packed but trained only when named (VARIANTS).
+# cross-scale, its L-MFC refines P5 from quality 2 up, its HSSC from 4 up; the per-scale forms and
+# the base codec's untried-at-length arms (coded coarse to fine; residual blocks on P4's and P5's
+# latent grid; docs/zoo_history.md, stop 47) are candidates, packed but trained only when named
+# (VARIANTS).
 CONFIGS = {"base": ("base", "cross"), "mfiba": ("mfiba", "cross"),
-           "lmfc": ("lmfc", "refine,refine_from=2"),
+           "lmfc": ("lmfc", "refine,refine_from=2"), "hssc": ("hssc", "refine,refine_from=4"),
            "base_per_scale": ("base", ""), "mfiba_per_scale": ("mfiba", ""),
            "base_coarse": ("base", "cross,coarse"), "base_blocks": ("base", "cross,blocks=1")}
 VARIANTS = tuple(m for m in CONFIGS if m not in METHODS)

@@ -22,6 +22,7 @@ train_one() {
   case $m in
     base|mfiba) args="cross,$args";;  # the zoo's base and MFIBA are cross-scale
     lmfc) args="refine,refine_from=2,$args";;  # its P5 refinement from quality 2 up (stop 62)
+    hssc) args="refine,refine_from=4,$args";;  # its P5 refinement from quality 4 up (stop 63)
   esac
   "$PY" train.py --config "configs/$m.py:$args" --workdir "$RUNS/$m" \
     --config.data.cache_dir="$RUNS/feature_cache" --config.progress=False >> "$RUNS/$m.log" 2>&1
