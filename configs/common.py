@@ -132,6 +132,19 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   return c
 
 
+def refinement_kwargs(arg, config_name: str) -> dict:
+  """Codec kwargs of the `refine` / `refine_from` arguments (hssc_jax.codecs.refinement): P5's
+  error coded by a 64-channel hyperprior one stride-2 stage deep, from quality `refine_from` up;
+  a ValueError for `refine_from` without `refine` (it would be ignored)."""
+  if arg.refine_from and not arg.refine:
+    raise ValueError(f"configs/{config_name}.py: refine_from (the refinement's first quality) "
+                     "needs refine")
+  if not arg.refine:
+    return {}
+  return dict(refine_scales=("p5",), refine_latent_channels=64, refine_stages=1,
+              refine_from=arg.refine_from)
+
+
 def sweep(base: dict | None = None) -> list[dict]:
   """One override set per lambda of the standard sweep (big_vision `get_hyper` style)."""
   return [dict(base or {}, **{"loss.lmbda": lm, "loss.lmbdas": ()}) for lm in LAMBDAS]

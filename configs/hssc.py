@@ -35,11 +35,7 @@ def get_config(arg=None):
                 inter_scale=not arg.no_inter, adaptive_reconstruction=not arg.no_adaptive,
                 spatial_attention=True, attention_channels=32, attention_pool=2,
                 train_quantization="noise")
-  if arg.refine_from and not arg.refine:
-    raise ValueError("configs/hssc.py: refine_from (the refinement's first quality) needs refine")
-  if arg.refine:
-    kwargs.update(refine_scales=("p5",), refine_latent_channels=64, refine_stages=1,
-                  refine_from=arg.refine_from)
+  kwargs.update(common.refinement_kwargs(arg, "hssc"))
   if arg.smoke:
     kwargs.update(compact_channels=8, transform_channels=8, latent_channels=8, hidden_channels=8,
                   hyper_channels=8, context_hidden=(8,), attention_channels=4,

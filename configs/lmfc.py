@@ -34,11 +34,7 @@ def get_config(arg=None):
                 hyper_channels=64, stages=0, transform="gdn", predictor_hidden=96,
                 predictor_blocks=3, residual=arg.residual, residual_latent_channels=32,
                 train_quantization="noise")
-  if arg.refine_from and not arg.refine:
-    raise ValueError("configs/lmfc.py: refine_from (the refinement's first quality) needs refine")
-  if arg.refine:
-    kwargs.update(refine_scales=("p5",), refine_latent_channels=64, refine_stages=1,
-                  refine_from=arg.refine_from)
+  kwargs.update(common.refinement_kwargs(arg, "lmfc"))
   if arg.smoke:
     kwargs.update(fused_channels=8, latent_channels=8, hidden_channels=8, hyper_channels=8,
                   predictor_hidden=8, predictor_blocks=1, residual_latent_channels=4,
