@@ -132,17 +132,23 @@ def training_config(codec_name: str, codec_kwargs: dict, arg) -> ml_collections.
   return c
 
 
+# the config arguments `refinement_kwargs` reads, at their defaults
+REFINE_DEFAULTS = dict(refine=False, refine_from=0, refine_scales="p5")
+
+
 def refinement_kwargs(arg, config_name: str) -> dict:
-  """Codec kwargs of the `refine` / `refine_from` arguments (hssc_jax.codecs.refinement): P5's
-  error coded by a 64-channel hyperprior one stride-2 stage deep, from quality `refine_from` up;
-  a ValueError for `refine_from` without `refine` (it would be ignored)."""
-  if arg.refine_from and not arg.refine:
-    raise ValueError(f"configs/{config_name}.py: refine_from (the refinement's first quality) "
-                     "needs refine")
+  """Codec kwargs of the `refine` / `refine_from` / `refine_scales` arguments
+  (hssc_jax.codecs.refinement): each refined scale's error (P5 by default; `refine_scales=p4+p5`
+  for more) coded by a 64-channel hyperprior one stride-2 stage deep, from quality `refine_from`
+  up; a ValueError for `refine_from` or `refine_scales` without `refine` (they would be ignored)."""
+  for key in ("refine_from", "refine_scales"):
+    if arg[key] != REFINE_DEFAULTS[key] and not arg.refine:
+      raise ValueError(f"configs/{config_name}.py: {key} (the refinement's "
+                       f"{'first quality' if key == 'refine_from' else 'scales'}) needs refine")
   if not arg.refine:
     return {}
-  return dict(refine_scales=("p5",), refine_latent_channels=64, refine_stages=1,
-              refine_from=arg.refine_from)
+  return dict(refine_scales=tuple(arg.refine_scales.split("+")), refine_latent_channels=64,
+              refine_stages=1, refine_from=arg.refine_from)
 
 
 def sweep(base: dict | None = None) -> list[dict]:

@@ -18,13 +18,13 @@ from quality q up.
 
 Arguments: smoke, no_inter (plain concat fusion instead of inter-scale semantic correlation),
 no_adaptive (plain upsample + conv reconstruction), context (channel-wise context entropy model),
-refine, refine_from, lmbda, steps, task.
+refine, refine_from, refine_scales (e.g. p4+p5), lmbda, steps, task.
 """
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, no_inter=False, no_adaptive=False, context=False, refine=False,
-                refine_from=0, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT)
+DEFAULTS = dict(smoke=False, no_inter=False, no_adaptive=False, context=False, lmbda=0.0,
+                steps=100_000, task=common.TASK_WEIGHT, **common.REFINE_DEFAULTS)
 
 
 def get_config(arg=None):

@@ -18,13 +18,13 @@ reaches 0.89-0.92 mAP where its fused latent left unquantized gives 0.48 (README
 without it.
 
 Arguments: smoke, residual, coded (how many coarse scales BFCNet codes: 1 or 2), refine,
-refine_from, lmbda, steps, task.
+refine_from, refine_scales (e.g. p4+p5: the coded scales only), lmbda, steps, task.
 """
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, residual=True, coded=2, refine=False, refine_from=0, lmbda=0.0,
-                steps=100_000, task=common.TASK_WEIGHT)
+DEFAULTS = dict(smoke=False, residual=True, coded=2, lmbda=0.0, steps=100_000,
+                task=common.TASK_WEIGHT, **common.REFINE_DEFAULTS)
 
 
 def get_config(arg=None):

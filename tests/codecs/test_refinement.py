@@ -28,6 +28,7 @@ CODECS = {
 # HSSC's jitted and op-by-op decodes agree up to float32 rounding (tests/codecs/test_hssc.py)
 EAGER_ATOL = {"lmfc": 0.0, "hssc": 1e-5}
 REFINE = dict(refine_scales=("p5",), refine_latent_channels=8)
+BOTH = dict(REFINE, refine_scales=("p4", "p5"))  # every scale both codecs may refine
 
 
 def _unrefined(params):
@@ -35,27 +36,30 @@ def _unrefined(params):
 
 
 def _trained_output(params):
-  """`params` with a non-zero refinement output (as after training; it starts at zero)."""
-  kernel = params["refine_out_p5"]["kernel"]
-  return {**params, "refine_out_p5": {**params["refine_out_p5"],
-                                      "kernel": np.full(kernel.shape, 0.05, np.float32)}}
+  """`params` with non-zero refinement outputs (as after training; they start at zero)."""
+  return {k: {**v, "kernel": np.full(v["kernel"].shape, 0.05, np.float32)}
+          if k.startswith("refine_out_") else v for k, v in params.items()}
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))
-def test_refined_scale_round_trips_and_starts_as_the_unrefined_codec(name):
-  plain, refined = CODECS[name](), CODECS[name](**REFINE)
+def test_refined_scales_round_trip_and_start_as_the_unrefined_codec(name):
+  plain, refined = CODECS[name](), CODECS[name](**BOTH)
   feats = checks.pyramid()
   params = checks.init(refined, feats)["params"]
-  assert set(params["refine_out_p5"]["kernel"].ravel().tolist()) == {0.0}
+  for s in ("p4", "p5"):
+    assert set(params[f"refine_out_{s}"]["kernel"].ravel().tolist()) == {0.0}
   ev = lambda codec, p: codec.apply({"params": p}, feats, False)["features_hat"]
   before = ev(plain, _unrefined(params))
-  for s, a in before.items():  # the zero-initialised output: the identity at first
+  for s, a in before.items():  # the zero-initialised outputs: the identity at first
     np.testing.assert_allclose(ev(refined, params)[s], a, atol=1e-6, err_msg=s)
   params = _trained_output(params)
-  assert not np.allclose(ev(refined, params)["p5"], before["p5"], atol=1e-3)
+  after = ev(refined, params)
+  for s in ("p4", "p5"):
+    assert not np.allclose(after[s], before[s], atol=1e-3), s
   _, tables, data, _ = checks.check_round_trip(refined, {"params": params}, feats,
                                                eager_atol=EAGER_ATOL[name])
-  assert {"p5_refine/y", "p5_refine/z"} <= set(bitstream.unpack(data).streams)
+  assert {f"{s}_refine/{k}" for s in ("p4", "p5") for k in "yz"} <= set(
+      bitstream.unpack(data).streams)
   checks.check_bad_input(refined, params, tables, data, feats)
 
 
@@ -94,8 +98,14 @@ def test_refined_scales_must_be_decoded_before_any_prediction():
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))
-def test_refine_from_needs_refine_in_the_config(name):
+def test_refine_arguments_need_refine_in_the_config(name):
   config = importlib.import_module(f"configs.{name}")
   with pytest.raises(ValueError, match="needs refine"):
     config.get_config("smoke,refine_from=2")
-  assert config.get_config("smoke,refine,refine_from=2").codec.kwargs.refine_from == 2
+  with pytest.raises(ValueError, match="refine_scales .*needs refine"):
+    config.get_config("smoke,refine_scales=p4+p5")
+  kwargs = config.get_config("smoke,refine,refine_from=2").codec.kwargs
+  assert (kwargs.refine_from, kwargs.refine_scales) == (2, ("p5",))
+  kwargs = config.get_config("smoke,refine,refine_scales=p4+p5").codec.kwargs
+  assert kwargs.refine_scales == ("p4", "p5")
+  assert "refine_scales" not in config.get_config("smoke").codec.kwargs
