@@ -3,14 +3,24 @@ r"""HSC (Li et al., arXiv:2502.16799, 2025): hierarchical core + feature latents
   python train.py --config configs/hsc.py --workdir runs/hsc
   python train.py --config configs/hsc.py:smoke --workdir /tmp/hsc_smoke
   python train.py --config configs/hsc.py:context=false --workdir runs/hsc_no_context   # ablation
+  python train.py --config configs/hsc.py:refine,refine_from=3,refine_scales=p3+p4+p5,steps=600 \
+    --workdir runs/hsc_refine --config.init_from=zoo:hsc --config.optim.trainable="^refiners_|^refine_out_" \
+    --config.loss.lmbdas="(0.015, 0.05, 0.15, 0.5, 1.5, 12.0, 96.0)"
+    # every scale's error coded from quality 3 up, trained alone on the frozen zoo HSC
+
+The refinement (`refine`, not a step of the paper: hssc_jax.codecs.refinement) codes what the
+two latents miss of a scale with a hyperprior of its own: from quality 3 up the zoo's HSC adds
+rate but no mAP (README, "The model zoo").
 
 Arguments: smoke, context (channel-wise autoregression in both levels' context models; false: one
-slice, the entropy parameters come from the hyper inputs alone), lmbda, steps, task.
+slice, the entropy parameters come from the hyper inputs alone), refine, refine_from,
+refine_scales (e.g. p4+p5), lmbda, steps, task.
 """
 
 from configs import common
 
-DEFAULTS = dict(smoke=False, context=True, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT)
+DEFAULTS = dict(smoke=False, context=True, lmbda=0.0, steps=100_000, task=common.TASK_WEIGHT,
+                **common.REFINE_DEFAULTS)
 
 
 def get_config(arg=None):
@@ -20,9 +30,10 @@ def get_config(arg=None):
                 ungained_core_synthesis=True,
                 context_slices=4 if arg.context else 1, context_hidden=(96, 64),
                 train_quantization="noise")
+  kwargs.update(common.refinement_kwargs(arg, "hsc"))
   if arg.smoke:
     kwargs.update(core_channels=8, latent_channels=8, hidden_channels=8, hyper_channels=8,
-                  context_hidden=(8,))
+                  context_hidden=(8,), refine_latent_channels=4)
   config = common.training_config("hsc", kwargs, arg)
   config.lock()
   return config

@@ -39,6 +39,7 @@ import numpy as np
 from hssc_jax import errors
 from hssc_jax.codecs import base
 from hssc_jax.codecs.hyperprior import CoderOptions, HyperpriorModel, gain_init, model_from
+from hssc_jax.codecs.refinement import Refinement
 from hssc_jax.entropy import channel_context
 from hssc_jax.entropy import tables as tables_lib
 from hssc_jax.entropy.channel_context import ChannelContext
@@ -122,10 +123,12 @@ class CorePrior(nn.Module):
     return p[..., :self.latent_channels], p[..., self.latent_channels:]
 
 
-class HSCCodec(base.FeatureCodec, CoderOptions):
+class HSCCodec(base.FeatureCodec, CoderOptions, Refinement):
   """Two-level hierarchical latents, core semantics then feature latent (see module doc).
 
-  Streams: "core/y", "core/z" (level 1), "feature/y" (level 2).
+  Streams: "core/y", "core/z" (level 1), "feature/y" (level 2), and "<scale>_refine/y|z" for the
+  `refine_scales` (`Refinement`, not a step of the paper: what (H6) misses of a scale, coded
+  from quality `refine_from` up and added to it).
 
   Attributes beyond scales/channels:
     core_channels: channels of the core semantic latent y_c.
@@ -145,7 +148,7 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
   """
 
   codec_id: ClassVar[str] = "hsc"
-  added_fields: ClassVar[tuple[str, ...]] = ("ungained_core_synthesis",)
+  added_fields: ClassVar[tuple[str, ...]] = ("ungained_core_synthesis", *Refinement.REFINE_FIELDS)
   core_channels: int = 96
   core_stages: int = 1
   feature_stages: int = 1
@@ -227,6 +230,7 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
     self.refine = {s: ResidualBlock(w[s]) for s in self.scales}
     self.film = {s: nn.Dense(2 * w[s], kernel_init=nn.initializers.zeros) for s in self.scales}
     self.heads = {s: conv(c, 3) for s, c in zip(self.scales, self.channels)}
+    self.setup_refinements(self.scales)
     if self.qualities:  # variable rate: gain vectors of the feature latent (the core's are in core)
       shape = (self.qualities, self.latent_channels)
       self.feature_gain = self.param("feature_gain", gain_init(self.qualities), shape)
@@ -280,9 +284,11 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
     means, scales = self.prior(core_hat, y_f.shape[1], y_f.shape[2])
     feature_hat, yf_bits = self.feature_context(y_f, means, scales, mode)
     per_image = lambda b: b.reshape(b.shape[0], -1).sum(axis=1)
-    return {"features_hat": self.synthesize(feature_hat, core_hat, sizes),
+    out, refine_bits = self.add_refinements(features, self.synthesize(feature_hat, core_hat, sizes),
+                                            mode)
+    return {"features_hat": out,
             "bits": {"core/y": per_image(yc_bits), "core/z": per_image(z_bits),
-                     "feature/y": per_image(yf_bits)}}
+                     "feature/y": per_image(yf_bits), **refine_bits}}
 
   # ---- host side -------------------------------------------------------------------------------
 
@@ -301,7 +307,8 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
   @nn.nowrap
   def build_tables(self, params: Any) -> dict[str, Any]:
     core = self.core_model().build_tables(params["core"])
-    return {"core": core, "feature": {"y": core["y"], "scale_table": core["scale_table"]}}
+    return {"core": core, "feature": {"y": core["y"], "scale_table": core["scale_table"]},
+            **self.refine_tables(params)}
 
   @nn.nowrap
   def compress_streams(self, params, tables, features):
@@ -311,11 +318,15 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
     y_f = np.asarray(base.compiled(self, "feature_analysis")(params, features))
     hyper = self._feature_hyper(params, core_hat, y_f.shape[1], y_f.shape[2])
     t_y = tables_lib.CDFTable.from_dict(tables["feature"]["y"])
-    data, _, crc = channel_context.compress(
+    data, feature_hat, crc = channel_context.compress(
         self.feature_context_model(), params["feature_context"], t_y,
         np.asarray(tables["feature"]["scale_table"]), y_f, *hyper)
     coded.add("feature", {"y": data}, {"y": tuple(y_f.shape)}, {"crc": crc})
     coded.metadata["sizes"] = [list(features[s].shape[1:3]) for s in self.scales]
+    if self.coded_refine_scales:  # the refinements code the error of what the decoder synthesizes
+      sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
+      decoded = base.compiled(self, "synthesize", sizes)(params, feature_hat, core_hat)
+      self.refine_streams(params, tables, features, coded, decoded)
     return coded.astuple()
 
   @nn.nowrap
@@ -349,4 +360,6 @@ class HSCCodec(base.FeatureCodec, CoderOptions):
         np.asarray(tables["feature"]["scale_table"]), streams["feature/y"], *hyper,
         int(metadata["feature/crc"]))
     out = base.compiled(self, "synthesize", sizes)(params, feature_hat, core_hat)
+    out = self.with_refinements(
+        params, out, self.decode_refinements(params, tables, streams, shapes, metadata))
     return jax.tree.map(np.asarray, out)

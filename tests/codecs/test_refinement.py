@@ -1,5 +1,5 @@
-"""Refinement of a decoded scale (`hssc_jax.codecs.refinement`), in the codecs that use it: starts
-as the identity, round-trips, and costs nothing below `refine_from`."""
+"""Refinement of decoded scales (`hssc_jax.codecs.refinement`) in the codecs that use it (L-MFC,
+HSC, HSSC): starts as the identity, round-trips, and costs nothing below `refine_from`."""
 
 import importlib
 import importlib.util
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hssc_jax import bitstream, errors
+from hssc_jax.codecs.hsc import HSCCodec
 from hssc_jax.codecs.hssc import HSSCCodec
 from hssc_jax.codecs.lmfc import LMFCCodec
 
@@ -21,12 +22,15 @@ CODECS = {
     "lmfc": lambda **kw: LMFCCodec(channels=(16, 32, 64), fused_channels=32, latent_channels=24,
                                    hidden_channels=24, hyper_channels=12, predictor_hidden=16,
                                    **kw),
+    "hsc": lambda **kw: HSCCodec(channels=(16, 32, 64), core_channels=16, latent_channels=16,
+                                 hidden_channels=16, hyper_channels=8, context_slices=2,
+                                 context_hidden=(8,), **kw),
     "hssc": lambda **kw: HSSCCodec(channels=(16, 32, 64), compact_channels=32,
                                    transform_channels=16, latent_channels=16, hidden_channels=16,
                                    hyper_channels=8, attention_channels=8, **kw),
 }
 # HSSC's jitted and op-by-op decodes agree up to float32 rounding (tests/codecs/test_hssc.py)
-EAGER_ATOL = {"lmfc": 0.0, "hssc": 1e-5}
+EAGER_ATOL = {"lmfc": 0.0, "hsc": 0.0, "hssc": 1e-5}
 REFINE = dict(refine_scales=("p5",), refine_latent_channels=8)
 BOTH = dict(REFINE, refine_scales=("p4", "p5"))  # every scale both codecs may refine
 
@@ -93,8 +97,9 @@ def test_refinement_from_a_quality_up_costs_nothing_below_it(name):
 def test_refined_scales_must_be_decoded_before_any_prediction():
   with pytest.raises(errors.ConfigError, match="refine_scales"):  # L-MFC predicts P3
     checks.init(CODECS["lmfc"](refine_scales=("p3",)), checks.pyramid())
-  with pytest.raises(errors.ConfigError, match="refine_scales"):
-    checks.init(CODECS["hssc"](refine_scales=("p6",)), checks.pyramid())
+  for name in ("hsc", "hssc"):
+    with pytest.raises(errors.ConfigError, match="refine_scales"):
+      checks.init(CODECS[name](refine_scales=("p6",)), checks.pyramid())
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))
