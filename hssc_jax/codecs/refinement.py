@@ -1,16 +1,17 @@
 """Refinement of decoded scales: what a fused latent misses of one scale, coded on its own.
 
 A codec that codes several scales through one fused latent (L-MFC's BFCNet, HSSC's compact
-representation) can carry one of them poorly whatever its rate: on pseudo-labelled Kodak L-MFC
-(before stop 62) and HSSC reach 0.89-0.92 mAP with P5 left uncompressed but at most 0.48 and 0.55
-from their fused latents left unquantized (README, "Kodak"). A refinement codes the error
-e = x - x_hat of such a scale with a small mean-scale hyperprior of its own (a "<scale>_refine"
-stream) and adds its decoded output back through a zero-initialised 1x1 convolution, so a
-refinement added to a trained codec starts as the identity. A variable-rate codec codes it from quality `refine_from` up: below it the refinement
-is neither added nor paid for (in training too), so the low qualities cost what they did.
+representation, HSC's two latents) can carry one of them poorly whatever its rate: on
+pseudo-labelled Kodak L-MFC (before stop 62) and HSSC reach 0.89-0.92 mAP with P5 left
+uncompressed but at most 0.48 and 0.55 from their fused latents left unquantized (README, "Kodak").
+A refinement codes the error e = x - x_hat of such a scale with a small mean-scale hyperprior of
+its own (a "<scale>_refine" stream) and adds its decoded output back through a zero-initialised
+1x1 convolution, so a refinement added to a trained codec starts as the identity. A variable-rate
+codec codes it from quality `refine_from` up: below it the refinement is neither added nor paid
+for (in training too), so the low qualities cost what they did.
 
-This is not a step of any of the four papers; docs/port_notes.md ("L-MFC", "HSSC") says why it
-exists and where each codec adds it.
+This is not a step of any of the four papers; docs/port_notes.md ("L-MFC", "HSSC", "HSC") says
+why it exists and where each codec adds it.
 """
 
 from typing import Any, ClassVar, Sequence
