@@ -141,10 +141,9 @@ def refinement_kwargs(arg, config_name: str) -> dict:
   (hssc_jax.codecs.refinement): each refined scale's error (P5 by default; `refine_scales=p4+p5`
   for more) coded by a 64-channel hyperprior one stride-2 stage deep, from quality `refine_from`
   up; a ValueError for `refine_from` or `refine_scales` without `refine` (they would be ignored)."""
-  for key in ("refine_from", "refine_scales"):
+  for key, what in (("refine_from", "first quality"), ("refine_scales", "scales")):
     if arg[key] != REFINE_DEFAULTS[key] and not arg.refine:
-      raise ValueError(f"configs/{config_name}.py: {key} (the refinement's "
-                       f"{'first quality' if key == 'refine_from' else 'scales'}) needs refine")
+      raise ValueError(f"configs/{config_name}.py: {key} (the refinement's {what}) needs refine")
   if not arg.refine:
     return {}
   return dict(refine_scales=tuple(arg.refine_scales.split("+")), refine_latent_channels=64,

@@ -322,9 +322,9 @@ class HSCCodec(base.FeatureCodec, CoderOptions, Refinement):
         self.feature_context_model(), params["feature_context"], t_y,
         np.asarray(tables["feature"]["scale_table"]), y_f, *hyper)
     coded.add("feature", {"y": data}, {"y": tuple(y_f.shape)}, {"crc": crc})
-    coded.metadata["sizes"] = [list(features[s].shape[1:3]) for s in self.scales]
+    sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
+    coded.metadata["sizes"] = [list(hw) for hw in sizes]
     if self.coded_refine_scales:  # the refinements code the error of what the decoder synthesizes
-      sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
       decoded = base.compiled(self, "synthesize", sizes)(params, feature_hat, core_hat)
       self.refine_streams(params, tables, features, coded, decoded)
     return coded.astuple()

@@ -372,10 +372,10 @@ class HSSCCodec(base.FeatureCodec, CoderOptions, Refinement):
     c = np.asarray(base.compiled(self, "fuse")(params, features))
     coder, coded = self.coder_model(), base.Coded()
     y_hat = coded.add("compact", *coder.encode(params["coder"], tables["compact"], c))
-    coded.metadata["sizes"] = [list(features[s].shape[1:3]) for s in self.scales]
+    sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
+    coded.metadata["sizes"] = [list(hw) for hw in sizes]
     if self.coded_refine_scales:  # the refinements code the error of what the decoder rebuilds
       c_hat = base.compiled(coder, "synthesis", *c.shape[1:3])(params["coder"], y_hat)
-      sizes = tuple(tuple(features[s].shape[1:3]) for s in self.scales)
       rebuilt = base.compiled(self, "rebuild", sizes)(params, c_hat)
       self.refine_streams(params, tables, features, coded, rebuilt)
     return coded.astuple()

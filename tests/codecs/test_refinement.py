@@ -32,7 +32,7 @@ CODECS = {
 # HSSC's jitted and op-by-op decodes agree up to float32 rounding (tests/codecs/test_hssc.py)
 EAGER_ATOL = {"lmfc": 0.0, "hsc": 0.0, "hssc": 1e-5}
 REFINE = dict(refine_scales=("p5",), refine_latent_channels=8)
-BOTH = dict(REFINE, refine_scales=("p4", "p5"))  # every scale both codecs may refine
+BOTH = dict(REFINE, refine_scales=("p4", "p5"))  # the scales every codec here may refine
 
 
 def _unrefined(params):
